@@ -1,0 +1,228 @@
+"""The redemption ledger and its outbox, in one SQLite file (WAL, synchronous=FULL).
+
+A redemption row and the outbox event that reports it are written in one transaction, committed
+(and so fsync'd) before any actuator is told to move. Rows are keyed on canonical ids and are never
+deleted by upload; `prune` removes only what has expired past retention and has been acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.rules import Direction, Prior
+from edge.store import Schema, open_db
+
+EVENT_VERSION = 1
+
+LEDGER_SCHEMA = Schema(
+    "ledger",
+    [
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE redemptions (
+            id BLOB PRIMARY KEY,
+            canonical_id TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('entry', 'exit')),
+            kind TEXT NOT NULL,
+            product TEXT NOT NULL,
+            zone TEXT,
+            persons INTEGER NOT NULL,
+            passed INTEGER,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'voided')),
+            forced INTEGER NOT NULL DEFAULT 0,
+            note TEXT NOT NULL DEFAULT '',
+            lane TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            business_day TEXT NOT NULL,
+            valid_until INTEGER NOT NULL,
+            cache_seq INTEGER NOT NULL,
+            clock_suspect INTEGER NOT NULL
+        );
+        CREATE INDEX redemptions_by_code ON redemptions (canonical_id, list_id);
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id BLOB NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            redemption_id BLOB,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX outbox_by_redemption ON outbox (redemption_id);
+        CREATE TABLE rotating_seen (
+            canonical_id TEXT NOT NULL, shown_at INTEGER NOT NULL, seen_at REAL NOT NULL,
+            PRIMARY KEY (canonical_id, shown_at)
+        ) WITHOUT ROWID;
+        CREATE TABLE occupancy (
+            zone TEXT NOT NULL, business_day TEXT NOT NULL,
+            inside INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (zone, business_day)
+        ) WITHOUT ROWID;
+        """
+    ],
+)
+
+LIVE = ("pending", "confirmed")
+
+
+@dataclass(frozen=True)
+class Redemption:
+    id: bytes
+    canonical_id: str
+    list_id: str
+    direction: str
+    kind: str
+    product: str
+    zone: str | None
+    persons: int
+    passed: int | None
+    state: str
+    forced: bool
+    note: str
+    lane: str
+    created_at: float
+    updated_at: float
+    business_day: str
+    valid_until: int
+    cache_seq: int
+    clock_suspect: bool
+
+    def as_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["id"] = self.id.hex()
+        return d
+
+
+class Ledger:
+    """Owner of ledger.db. All writes happen inside `edge.store.transaction(ledger.conn)`."""
+
+    def __init__(self, path: Path, *, full_check: bool = False) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection = open_db(path, LEDGER_SCHEMA, create=True,
+                                                full_check=full_check)
+        self.conn.row_factory = None
+        if self.meta("epoch") is None:
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)",
+                              (secrets.token_hex(8),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta -----------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def priors(self, canonical_id: str, list_id: str) -> list[tuple[bytes, Prior]]:
+        rows = self.conn.execute(
+            "SELECT id, direction, created_at FROM redemptions "
+            "WHERE canonical_id = ? AND list_id = ? AND state IN ('pending', 'confirmed')",
+            (canonical_id, list_id),
+        )
+        return [(bytes(r[0]), Prior(Direction(r[1]), r[2])) for r in rows]
+
+    def rotating_seen(self, canonical_id: str, shown_at: int) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM rotating_seen WHERE canonical_id = ? AND shown_at = ?",
+            (canonical_id, shown_at),
+        ).fetchone()
+        return row is not None
+
+    def zone_load(self, zone: str, business_day: str) -> int:
+        row = self.conn.execute(
+            "SELECT inside + pending FROM occupancy WHERE zone = ? AND business_day = ?",
+            (zone, business_day),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def get(self, redemption_id: bytes) -> Redemption | None:
+        row = self.conn.execute("SELECT * FROM redemptions WHERE id = ?",
+                                (redemption_id,)).fetchone()
+        if row is None:
+            return None
+        values = list(row)
+        values[0] = bytes(values[0])
+        values[10] = bool(values[10])
+        values[18] = bool(values[18])
+        return Redemption(*values)
+
+    def recent(self, limit: int = 20) -> list[Redemption]:
+        ids = self.conn.execute(
+            "SELECT id FROM redemptions ORDER BY created_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [r for (rid,) in ids if (r := self.get(bytes(rid))) is not None]
+
+    def outbox_depth(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def outbox(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+        rows = self.conn.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
+        return [(int(seq), json.loads(body)) for seq, body in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT state, count(*) FROM redemptions GROUP BY state")
+        return {str(s): int(n) for s, n in rows}
+
+    # -- writes (inside a transaction) ----------------------------------------------------------
+
+    def insert(self, r: Redemption) -> None:
+        self.conn.execute(
+            "INSERT INTO redemptions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.id, r.canonical_id, r.list_id, r.direction, r.kind, r.product, r.zone, r.persons,
+             r.passed, r.state, int(r.forced), r.note, r.lane, r.created_at, r.updated_at,
+             r.business_day, r.valid_until, r.cache_seq, int(r.clock_suspect)),
+        )
+
+    def set_state(self, rid: bytes, state: str, passed: int | None, at: float, note: str) -> None:
+        self.conn.execute(
+            "UPDATE redemptions SET state = ?, passed = ?, updated_at = ?, "
+            "note = CASE WHEN ? = '' THEN note ELSE ? END WHERE id = ?",
+            (state, passed, at, note, note, rid),
+        )
+
+    def remember_rotating(self, canonical_id: str, shown_at: int, at: float, keep_s: float) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO rotating_seen VALUES (?, ?, ?)",
+                          (canonical_id, shown_at, at))
+        self.conn.execute("DELETE FROM rotating_seen WHERE seen_at < ?", (at - keep_s,))
+
+    def add_occupancy(self, zone: str, day: str, inside: int = 0, pending: int = 0) -> None:
+        """Add (or, with negatives, remove) persons; counts never go below zero."""
+        self.conn.execute(
+            "INSERT INTO occupancy (zone, business_day, inside, pending) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (zone, business_day) DO UPDATE SET "
+            "inside = max(0, inside + ?), pending = max(0, pending + ?)",
+            (zone, day, max(0, inside), max(0, pending), inside, pending),
+        )
+
+    def append_event(self, etype: str, body: dict[str, Any], at: float,
+                     redemption_id: bytes | None = None) -> bytes:
+        event_id = secrets.token_bytes(16)
+        doc = {"v": EVENT_VERSION, "event_id": event_id.hex(), "type": etype, "at": at,
+               "body": body}
+        self.conn.execute(
+            "INSERT INTO outbox (event_id, type, redemption_id, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (event_id, etype, redemption_id, json.dumps(doc, ensure_ascii=False), at),
+        )
+        return event_id
+
+    def prune(self, now: float, retention_days: int) -> int:
+        """Drop redemptions whose ticket expired over `retention_days` ago and are fully acked."""
+        cur = self.conn.execute(
+            "DELETE FROM redemptions WHERE valid_until + ? < ? AND NOT EXISTS "
+            "(SELECT 1 FROM outbox WHERE outbox.redemption_id = redemptions.id)",
+            (retention_days * 86400, now),
+        )
+        return cur.rowcount

@@ -1,0 +1,410 @@
+"""Redemption service: validate (dry run), redeem, confirm, void and force-admit.
+
+Bad input never raises out of here: a scan that cannot be decoded, verified or found becomes a
+deny with a reason. Decisions key on the canonical id from the verified payload. A redemption and
+its outbox event are committed in one fsync'd transaction before the caller may move an actuator.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.cache import CacheStore, CacheView, ImportResult
+from edge.clock import ClockFacts, clock_suspect
+from edge.codes import (
+    CodeError,
+    RotatingCode,
+    ShortCode,
+    SignedTicket,
+    code_fingerprint,
+    parse_code,
+    short_code_hash,
+    verify_ed25519,
+)
+from edge.config import BoxConfig, LaneConfig
+from edge.decision import Decision, iso
+from edge.errors import InvalidTransition, NotFound
+from edge.ledger import Ledger, Redemption
+from edge.rules import Context, Credential, Direction, Reason, Verdict, evaluate
+from edge.store import transaction
+from edge.trust import USAGE_TICKETS, TrustAnchor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Identified:
+    cred: Credential
+    rotating_shown_at: int | None = None
+
+
+class RedemptionService:
+    def __init__(
+        self, config: BoxConfig, *, full_check: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.anchor = TrustAnchor.load(config.trust_anchor)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = CacheStore(config.state_dir, self.anchor, config.site)
+        self.view: CacheView = self.cache.view()
+        self.ledger = Ledger(config.state_dir / "ledger.db", full_check=full_check)
+        if self.ledger.meta("created_at") is None:
+            with transaction(self.ledger.conn):
+                self.ledger.set_meta("created_at", repr(clock()))
+        self._failures: dict[str, deque[float]] = {}
+
+    def close(self) -> None:
+        self.view.close()
+        self.ledger.close()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def validate(self, text: str, lane: str, at: float | None = None) -> Decision:
+        """Dry run: what `redeem` would decide now, without writing anything."""
+        now = self.clock() if at is None else at
+        d = self._decide(text, self._lane(lane), now, record_failure=True)[0]
+        self._log(d, text, "validate")
+        return d
+
+    def redeem(
+        self,
+        text: str,
+        lane: str,
+        *,
+        redemption_id: bytes | None = None,
+        at: float | None = None,
+        confirm_now: bool | None = None,
+    ) -> Decision:
+        """Decide and, on admit, durably record a redemption (PENDING, or CONFIRMED at a counter).
+
+        `redemption_id` is reused by every retry of the same scan: a retry returns the recorded
+        decision instead of redeeming twice.
+        """
+        now = self.clock() if at is None else at
+        cfg = self._lane(lane)
+        if redemption_id is not None and (done := self.ledger.get(redemption_id)) is not None:
+            return self._from_record(done, lane, now, detail="already recorded (retry)")
+        rid = redemption_id or secrets.token_bytes(16)
+        confirm = cfg.kind == "counter" if confirm_now is None else confirm_now
+        with transaction(self.ledger.conn):
+            decision, ident = self._decide(text, cfg, now, record_failure=True)
+            if decision.admit and ident is not None:
+                decision = self._record(decision, ident, cfg, rid, now, confirm, forced=False)
+            else:
+                self.ledger.append_event("scan_denied", self._deny_body(decision, text), now)
+        self._log(decision, text, "redeem")
+        return decision
+
+    def force_admit(self, text: str, lane: str, *, note: str, actor: str,
+                    at: float | None = None) -> Decision:
+        """A supervisor's override of a rule deny. The code must still verify; recorded as forced."""
+        if not note.strip() or not actor.strip():
+            raise ValueError("a forced admit needs the supervisor and a reason")
+        now = self.clock() if at is None else at
+        cfg = self._lane(lane)
+        with transaction(self.ledger.conn):
+            decision, ident = self._decide(text, cfg, now, record_failure=False)
+            if ident is None:
+                self._log(decision, text, "force_admit")
+                return decision
+            overrode = decision.reason
+            decision = decision.with_(reason=Reason.OK, forced=True,
+                                      detail=f"forced by {actor}: {note} (overrode {overrode})")
+            decision = self._record(decision, ident, cfg, secrets.token_bytes(16), now,
+                                    cfg.kind == "counter", forced=True,
+                                    note=f"{actor}: {note} [overrode {overrode}]")
+        self._log(decision, text, "force_admit")
+        return decision
+
+    def confirm(self, redemption_id: bytes, passed: int | None = None,
+                at: float | None = None) -> Redemption:
+        """The visitor went through (`passed` persons of a group; default all)."""
+        now = self.clock() if at is None else at
+        with transaction(self.ledger.conn):
+            r = self._require(redemption_id)
+            if r.state == "confirmed":
+                return r
+            if r.state != "pending":
+                raise InvalidTransition(f"redemption {redemption_id.hex()} is {r.state}")
+            n = r.persons if passed is None else max(0, min(passed, r.persons))
+            self.ledger.set_state(r.id, "confirmed", n, now, "")
+            if r.zone:
+                sign = 1 if r.direction == "entry" else -1
+                pending = -r.persons if r.direction == "entry" else 0
+                self.ledger.add_occupancy(r.zone, r.business_day, inside=sign * n, pending=pending)
+            self.ledger.append_event("redemption_confirmed",
+                                     {"redemption_id": r.id.hex(), "passed": n}, now, r.id)
+        return self._require(redemption_id)
+
+    def void(self, redemption_id: bytes, why: str, at: float | None = None) -> Redemption:
+        """Compensation: nobody passed (or a cashier's undo). The ticket is usable again."""
+        now = self.clock() if at is None else at
+        with transaction(self.ledger.conn):
+            r = self._require(redemption_id)
+            if r.state == "voided":
+                return r
+            self.ledger.set_state(r.id, "voided", r.passed, now, why)
+            if r.zone and r.direction == "entry":
+                if r.state == "pending":
+                    self.ledger.add_occupancy(r.zone, r.business_day, pending=-r.persons)
+                else:
+                    self.ledger.add_occupancy(r.zone, r.business_day, inside=-(r.passed or 0))
+            elif r.zone and r.state == "confirmed":
+                self.ledger.add_occupancy(r.zone, r.business_day, inside=r.passed or 0)
+            self.ledger.append_event("redemption_voided",
+                                     {"redemption_id": r.id.hex(), "why": why}, now, r.id)
+        return self._require(redemption_id)
+
+    def import_bundle(self, path: Path, at: float | None = None) -> ImportResult:
+        """Verify and activate a bundle. Raises BundleRefused; the active cache is then untouched."""
+        now = self.clock() if at is None else at
+        result = self.cache.import_file(path, now)
+        with transaction(self.ledger.conn):
+            self.ledger.append_event("bundle_applied", {"seq": result.seq, "kind": result.kind},
+                                     now)
+        return result
+
+    def record_clock_offset(self, offset_s: float, at: float | None = None) -> None:
+        """Sync reports cloud time minus box time, measured at `at` (box time)."""
+        now = self.clock() if at is None else at
+        with transaction(self.ledger.conn):
+            self.ledger.set_meta("clock_offset_s", repr(float(offset_s)))
+            self.ledger.set_meta("clock_offset_at", repr(now))
+
+    def clock_status(self, now: float) -> str | None:
+        def num(key: str) -> float | None:
+            value = self.ledger.meta(key)
+            return None if value is None else float(value)
+
+        issued = float(self.view.state.issued_at) if self.view.state else 0.0
+        facts = ClockFacts(
+            high_water=max(num("high_water") or 0.0, issued),
+            offset_s=num("clock_offset_s"),
+            offset_at=num("clock_offset_at"),
+            since=num("created_at") or now,
+        )
+        return clock_suspect(now, facts, self.config.policy.clock)
+
+    def status(self, at: float | None = None) -> dict[str, Any]:
+        now = self.clock() if at is None else at
+        has_cache = self.view.refresh()
+        st = self.view.state
+        cache: dict[str, Any] = {"active": has_cache}
+        if st is not None:
+            age = now - st.issued_at
+            cache.update(
+                seq=st.seq, issued_at=iso(st.issued_at), expires_at=iso(st.expires_at),
+                age_s=round(age), stale=self._stale(now), lists=sorted(st.lists),
+                counts=self.view.counts(),
+            )
+        why = self.clock_status(now)
+        return {
+            "schema": 1,
+            "site": self.config.site,
+            "device": self.config.device,
+            "trust_anchor": self.anchor.fingerprint,
+            "cache": cache,
+            "clock": {"suspect": why is not None, "why": why,
+                      "offset_s": self.ledger.meta("clock_offset_s")},
+            "ledger": {"redemptions": self.ledger.counts(),
+                       "outbox_depth": self.ledger.outbox_depth(),
+                       "epoch": self.ledger.meta("epoch")},
+            "lanes": {n: {"kind": c.kind, "list": c.list_id, "direction": str(c.direction)}
+                      for n, c in self.config.lanes.items()},
+        }
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _lane(self, name: str) -> LaneConfig:
+        try:
+            return self.config.lanes[name]
+        except KeyError:
+            raise ValueError(f"no lane named {name!r} in {self.config.path}") from None
+
+    def _require(self, rid: bytes) -> Redemption:
+        r = self.ledger.get(rid)
+        if r is None:
+            raise NotFound(f"no redemption {rid.hex()}")
+        return r
+
+    def _stale(self, now: float) -> bool:
+        st = self.view.state
+        assert st is not None
+        return now - st.issued_at > self.config.policy.stale_cache_s or now >= st.expires_at
+
+    def _decide(self, text: str, lane: LaneConfig, now: float,
+                record_failure: bool) -> tuple[Decision, _Identified | None]:
+        base = Decision(reason=Reason.OK, lane=lane.name, at=now, list_id=lane.list_id)
+        try:
+            if not self.view.refresh():
+                return base.with_(reason=Reason.NO_CACHE, detail="no bundle imported yet"), None
+            st = self.view.state
+            assert st is not None
+            base = base.with_(cache_seq=st.seq)
+            ident = self._identify(text, lane, now, record_failure)
+        except CodeError as err:
+            reason = Reason(err.reason)
+            if record_failure and reason is Reason.MALFORMED and text.isdigit():
+                self._note_failure(lane.name, now)
+            return base.with_(reason=reason, detail=err.detail), None
+        cred = ident.cred
+        product = st.products.get(cred.product, {})
+        base = base.with_(
+            kind=cred.kind, canonical_id=cred.canonical_id, product=cred.product,
+            product_name=product.get("name"), slot=cred.slot, persons=cred.persons,
+        )
+        suspect = self.clock_status(now) is not None
+        base = base.with_(clock_suspect=suspect)
+        lst = self.view.lists.get(lane.list_id)
+        if lst is None:
+            return base.with_(reason=Reason.NOT_ON_LIST,
+                              detail=f"check-in list {lane.list_id} is not in the cache"), ident
+        cid = bytes.fromhex(cred.canonical_id)
+        local = self.ledger.priors(cred.canonical_id, lst.id)
+        seen = {rid for rid, _ in local}
+        priors = [p for _, p in local]
+        priors += [p for rid, p in self.view.used_elsewhere(cid, lst.id) if rid not in seen]
+        zone = st.zones.get(lst.zone or "", {})
+        ctx = Context(
+            now=now, site=self.config.site, direction=lane.direction,
+            site_clock=self.view.site_clock, clock_suspect=suspect, cache_stale=self._stale(now),
+            revoked=self.view.is_revoked(cid), blocked=self.view.is_blocked(cid),
+            zone_capacity=zone.get("capacity"),
+            zone_load=self.ledger.zone_load(lst.zone, self._day(now)) if lst.zone else 0,
+        )
+        verdict: Verdict = evaluate(cred, lst, priors, ctx)
+        return base.with_(reason=verdict.reason, warnings=verdict.warnings,
+                          remaining=verdict.remaining, detail=verdict.detail), ident
+
+    def _identify(self, text: str, lane: LaneConfig, now: float,
+                  record_failure: bool) -> _Identified:
+        parsed = parse_code(text)
+        if isinstance(parsed, ShortCode):
+            return self._identify_short(parsed, lane, now, record_failure)
+        signed = parsed.signed if isinstance(parsed, RotatingCode) else parsed
+        self._verify_ticket(signed, now)
+        t = signed.ticket
+        shown_at = None
+        if isinstance(parsed, RotatingCode):
+            assert t.holder_key is not None
+            holder = _public_key(t.holder_key)
+            if not verify_ed25519(holder, parsed.holder_signature, parsed.holder_message):
+                raise CodeError("bad_signature", "holder signature does not verify")
+            pol = self.config.policy
+            age = now - parsed.shown_at
+            if not -pol.rotating_max_skew_s <= age <= pol.rotating_max_age_s + pol.rotating_max_skew_s:
+                raise CodeError("stale_code", f"code shown {age:+.0f} s ago; ask to refresh it")
+            if self.ledger.rotating_seen(t.canonical_id, parsed.shown_at):
+                raise CodeError("replayed", "this display code was already scanned")
+            shown_at = parsed.shown_at
+        elif t.holder_key is not None:
+            raise CodeError("holder_required", "open the ticket in the app to show a live code")
+        cred = Credential(
+            kind="rotating" if shown_at is not None else "signed",
+            canonical_id=t.canonical_id, site=t.site, product=t.product,
+            valid_from=t.valid_from, valid_until=t.valid_until, entries=t.entries,
+            persons=t.persons, slot=t.slot, zones=t.zones,
+        )
+        return _Identified(cred, shown_at)
+
+    def _verify_ticket(self, signed: SignedTicket, now: float) -> None:
+        st = self.view.state
+        assert st is not None
+        kid = signed.ticket.kid
+        if kid in st.retired:
+            raise CodeError("unknown_key", f"signing key {kid} has been retired")
+        certs = st.keyring.candidates(kid, USAGE_TICKETS, self.config.site, now)
+        if not certs:
+            raise CodeError("unknown_key", f"no valid ticket-signing key {kid}")
+        if not any(verify_ed25519(c.key, signed.signature, signed.signed_message) for c in certs):
+            raise CodeError("bad_signature", "ticket signature does not verify")
+
+    def _identify_short(self, code: ShortCode, lane: LaneConfig, now: float,
+                        record_failure: bool) -> _Identified:
+        fails = self._failures.setdefault(lane.name, deque())
+        window = self.config.policy.short_code_failure_window_s
+        while fails and fails[0] < now - window:
+            fails.popleft()
+        if len(fails) >= self.config.policy.short_code_max_failures:
+            raise CodeError("rate_limited", f"too many unknown numeric codes; wait {window:.0f} s")
+        st = self.view.state
+        assert st is not None
+        row = self.view.short_code(short_code_hash(st.site_key, code.digits))
+        if row is None:
+            if record_failure:
+                self._note_failure(lane.name, now)
+            raise CodeError("unknown_code", "no such voucher or pickup code")
+        cred = Credential(
+            kind="short", canonical_id=row.code_id.hex(), site=self.config.site,
+            product=row.product, valid_from=row.valid_from, valid_until=row.valid_until,
+            entries=row.entries, persons=row.persons, slot=row.slot,
+        )
+        return _Identified(cred)
+
+    def _note_failure(self, lane: str, now: float) -> None:
+        self._failures.setdefault(lane, deque()).append(now)
+
+    def _day(self, at: float) -> str:
+        return self.view.site_clock.business_day(at).isoformat()
+
+    def _record(self, d: Decision, ident: _Identified, lane: LaneConfig, rid: bytes, now: float,
+                confirm: bool, *, forced: bool, note: str = "") -> Decision:
+        cred = ident.cred
+        lst = self.view.lists[lane.list_id]
+        day = self._day(now)
+        state = "confirmed" if confirm else "pending"
+        r = Redemption(
+            id=rid, canonical_id=cred.canonical_id, list_id=lst.id, direction=str(lane.direction),
+            kind=cred.kind, product=cred.product, zone=lst.zone, persons=cred.persons,
+            passed=cred.persons if confirm else None, state=state, forced=forced, note=note,
+            lane=lane.name, created_at=now, updated_at=now, business_day=day,
+            valid_until=cred.valid_until, cache_seq=d.cache_seq or 0, clock_suspect=d.clock_suspect,
+        )
+        self.ledger.insert(r)
+        if lst.zone:
+            if lane.direction is Direction.ENTRY:
+                self.ledger.add_occupancy(lst.zone, day, inside=cred.persons if confirm else 0,
+                                          pending=0 if confirm else cred.persons)
+            elif confirm:
+                self.ledger.add_occupancy(lst.zone, day, inside=-cred.persons)
+        if ident.rotating_shown_at is not None:
+            keep = self.config.policy.rotating_max_age_s + 2 * self.config.policy.rotating_max_skew_s
+            self.ledger.remember_rotating(cred.canonical_id, ident.rotating_shown_at, now, keep)
+        high = float(self.ledger.meta("high_water") or 0)
+        self.ledger.set_meta("high_water", repr(max(high, now)))
+        body = r.as_json() | {"warnings": [str(w) for w in d.warnings]}
+        self.ledger.append_event("redemption", body, now, rid)
+        return d.with_(redemption_id=rid.hex(), state=state)
+
+    def _from_record(self, r: Redemption, lane: str, now: float, detail: str) -> Decision:
+        return Decision(
+            reason=Reason.OK, lane=lane, at=now, detail=detail, kind=r.kind,
+            canonical_id=r.canonical_id, redemption_id=r.id.hex(), state=r.state,
+            product=r.product, persons=r.persons, list_id=r.list_id, cache_seq=r.cache_seq,
+            clock_suspect=r.clock_suspect, forced=r.forced,
+        )
+
+    @staticmethod
+    def _deny_body(d: Decision, text: str) -> dict[str, Any]:
+        return {"reason": str(d.reason), "lane": d.lane, "canonical_id": d.canonical_id,
+                "code_fp": code_fingerprint(text), "list": d.list_id, "detail": d.detail}
+
+    @staticmethod
+    def _log(d: Decision, text: str, op: str) -> None:
+        log.info("%s lane=%s decision=%s reason=%s code=%s id=%s", op, d.lane,
+                 "admit" if d.admit else "deny", d.reason, code_fingerprint(text),
+                 d.canonical_id or "-")
+
+
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
