@@ -229,8 +229,12 @@ class BundleWriter:
         self._stream = stream
         self._key = key
         self._hash = hashlib.sha256()
-        doc = json.dumps({"format": "edge-bundle", "version": VERSION, **header},
-                         sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        doc = json.dumps(
+            {"format": "edge-bundle", "version": VERSION, **header},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
         self._write(MAGIC + struct.pack(">BI", VERSION, len(doc)) + doc)
 
     def _write(self, data: bytes) -> None:

@@ -112,7 +112,9 @@ class CacheStore:
         reader = fmt.BundleReader(stream)
         h = reader.header
         if h.site != self.site:
-            raise BundleRefused("other_site", f"bundle is for site {h.site}, this box is {self.site}")
+            raise BundleRefused(
+                "other_site", f"bundle is for site {h.site}, this box is {self.site}"
+            )
         active = self.active_path()
         state = _read_state(active, self.anchor) if active else None
         if state is not None:
@@ -247,8 +249,10 @@ def _write_header(conn: sqlite3.Connection, h: fmt.Header, base: _State | None) 
         conn.execute("DELETE FROM keys WHERE kid = ?", (kid,))
     for item in raw.get("key_certs", []):
         cert = bytes.fromhex(item)
-        conn.execute("INSERT OR IGNORE INTO keys (kid, cert) VALUES (?, ?)",
-                     (int.from_bytes(cert[1:5], "big"), cert))
+        conn.execute(
+            "INSERT OR IGNORE INTO keys (kid, cert) VALUES (?, ?)",
+            (int.from_bytes(cert[1:5], "big"), cert),
+        )
 
 
 def _apply_records(conn: sqlite3.Connection, reader: fmt.BundleReader) -> None:

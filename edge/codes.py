@@ -235,7 +235,9 @@ def parse_code(text: str) -> Parsed:
         raise CodeError("malformed", f"longer than {MAX_CODE_CHARS} characters")
     if text.isascii() and text.isdigit():
         if not SHORT_MIN_DIGITS <= len(text) <= SHORT_MAX_DIGITS:
-            raise CodeError("malformed", f"numeric codes have {SHORT_MIN_DIGITS}-{SHORT_MAX_DIGITS} digits")
+            raise CodeError(
+                "malformed", f"numeric codes have {SHORT_MIN_DIGITS}-{SHORT_MAX_DIGITS} digits"
+            )
         if not damm_valid(text):
             raise CodeError("malformed", "check digit does not match (typing error?)")
         return ShortCode(text)

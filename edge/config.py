@@ -88,7 +88,7 @@ class _Section:
             value = float(value)
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise ConfigError(self.path, name, f"expected a {typ.__name__}, got {value!r}")
-        if typ in (int, float) and value < 0:
+        if isinstance(value, int | float) and value < 0:
             raise ConfigError(self.path, name, "expected a value of 0 or more")
         return value
 

@@ -104,12 +104,14 @@ class Ledger:
 
     def __init__(self, path: Path, *, full_check: bool = False) -> None:
         self.path = path
-        self.conn: sqlite3.Connection = open_db(path, LEDGER_SCHEMA, create=True,
-                                                full_check=full_check)
+        self.conn: sqlite3.Connection = open_db(
+            path, LEDGER_SCHEMA, create=True, full_check=full_check
+        )
         self.conn.row_factory = None
         if self.meta("epoch") is None:
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)",
-                              (secrets.token_hex(8),))
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),)
+            )
 
     def close(self) -> None:
         self.conn.close()
@@ -148,8 +150,9 @@ class Ledger:
         return int(row[0]) if row else 0
 
     def get(self, redemption_id: bytes) -> Redemption | None:
-        row = self.conn.execute("SELECT * FROM redemptions WHERE id = ?",
-                                (redemption_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT * FROM redemptions WHERE id = ?", (redemption_id,)
+        ).fetchone()
         if row is None:
             return None
         values = list(row)
@@ -180,9 +183,27 @@ class Ledger:
     def insert(self, r: Redemption) -> None:
         self.conn.execute(
             "INSERT INTO redemptions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (r.id, r.canonical_id, r.list_id, r.direction, r.kind, r.product, r.zone, r.persons,
-             r.passed, r.state, int(r.forced), r.note, r.lane, r.created_at, r.updated_at,
-             r.business_day, r.valid_until, r.cache_seq, int(r.clock_suspect)),
+            (
+                r.id,
+                r.canonical_id,
+                r.list_id,
+                r.direction,
+                r.kind,
+                r.product,
+                r.zone,
+                r.persons,
+                r.passed,
+                r.state,
+                int(r.forced),
+                r.note,
+                r.lane,
+                r.created_at,
+                r.updated_at,
+                r.business_day,
+                r.valid_until,
+                r.cache_seq,
+                int(r.clock_suspect),
+            ),
         )
 
     def set_state(self, rid: bytes, state: str, passed: int | None, at: float, note: str) -> None:
@@ -193,8 +214,9 @@ class Ledger:
         )
 
     def remember_rotating(self, canonical_id: str, shown_at: int, at: float, keep_s: float) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO rotating_seen VALUES (?, ?, ?)",
-                          (canonical_id, shown_at, at))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO rotating_seen VALUES (?, ?, ?)", (canonical_id, shown_at, at)
+        )
         self.conn.execute("DELETE FROM rotating_seen WHERE seen_at < ?", (at - keep_s,))
 
     def add_occupancy(self, zone: str, day: str, inside: int = 0, pending: int = 0) -> None:
@@ -206,11 +228,17 @@ class Ledger:
             (zone, day, max(0, inside), max(0, pending), inside, pending),
         )
 
-    def append_event(self, etype: str, body: dict[str, Any], at: float,
-                     redemption_id: bytes | None = None) -> bytes:
+    def append_event(
+        self, etype: str, body: dict[str, Any], at: float, redemption_id: bytes | None = None
+    ) -> bytes:
         event_id = secrets.token_bytes(16)
-        doc = {"v": EVENT_VERSION, "event_id": event_id.hex(), "type": etype, "at": at,
-               "body": body}
+        doc = {
+            "v": EVENT_VERSION,
+            "event_id": event_id.hex(),
+            "type": etype,
+            "at": at,
+            "body": body,
+        }
         self.conn.execute(
             "INSERT INTO outbox (event_id, type, redemption_id, body, created_at) "
             "VALUES (?, ?, ?, ?, ?)",

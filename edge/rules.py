@@ -1,4 +1,6 @@
-"""Check-in rules: one pure implementation, shared test vectors (docs/rules.md, docs/rule_vectors.json).
+"""Check-in rules: one pure implementation, shared test vectors.
+
+The rule table is docs/rules.md; its vectors are edge/rule_vectors.json.
 
 `evaluate` sees only facts (the verified credential, the list, earlier redemptions of the same
 canonical id on the same list, and a context) and returns a verdict. It does no I/O, so the box,
@@ -132,9 +134,9 @@ class CheckInList:
 
 def _typed(d: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
     value = d.get(key, default)
-    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+    if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
         raise ValueError(f"{key}: expected {typ.__name__}")
-    if typ is int and value < 0:
+    if isinstance(value, int) and value < 0:
         raise ValueError(f"{key}: must not be negative")
     return value
 
@@ -271,10 +273,7 @@ def _entry(
     if inside and last is not None:
         if lst.anti_passback is Passback.HARD:
             return Verdict(Reason.PASSBACK, warnings, detail="already inside")
-        if (
-            lst.anti_passback is Passback.TIMED
-            and ctx.now - last.at < lst.passback_minutes * 60
-        ):
+        if lst.anti_passback is Passback.TIMED and ctx.now - last.at < lst.passback_minutes * 60:
             return Verdict(Reason.PASSBACK, warnings, detail="entered moments ago")
     if ctx.zone_capacity is not None and ctx.zone_load + cred.persons > ctx.zone_capacity:
         return Verdict(Reason.CAPACITY_FULL, warnings)

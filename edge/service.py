@@ -105,9 +105,10 @@ class RedemptionService:
         self._log(decision, text, "redeem")
         return decision
 
-    def force_admit(self, text: str, lane: str, *, note: str, actor: str,
-                    at: float | None = None) -> Decision:
-        """A supervisor's override of a rule deny. The code must still verify; recorded as forced."""
+    def force_admit(
+        self, text: str, lane: str, *, note: str, actor: str, at: float | None = None
+    ) -> Decision:
+        """A supervisor overrides a rule deny. The code must still verify; recorded as forced."""
         if not note.strip() or not actor.strip():
             raise ValueError("a forced admit needs the supervisor and a reason")
         now = self.clock() if at is None else at
@@ -118,16 +119,27 @@ class RedemptionService:
                 self._log(decision, text, "force_admit")
                 return decision
             overrode = decision.reason
-            decision = decision.with_(reason=Reason.OK, forced=True,
-                                      detail=f"forced by {actor}: {note} (overrode {overrode})")
-            decision = self._record(decision, ident, cfg, secrets.token_bytes(16), now,
-                                    cfg.kind == "counter", forced=True,
-                                    note=f"{actor}: {note} [overrode {overrode}]")
+            decision = decision.with_(
+                reason=Reason.OK,
+                forced=True,
+                detail=f"forced by {actor}: {note} (overrode {overrode})",
+            )
+            decision = self._record(
+                decision,
+                ident,
+                cfg,
+                secrets.token_bytes(16),
+                now,
+                cfg.kind == "counter",
+                forced=True,
+                note=f"{actor}: {note} [overrode {overrode}]",
+            )
         self._log(decision, text, "force_admit")
         return decision
 
-    def confirm(self, redemption_id: bytes, passed: int | None = None,
-                at: float | None = None) -> Redemption:
+    def confirm(
+        self, redemption_id: bytes, passed: int | None = None, at: float | None = None
+    ) -> Redemption:
         """The visitor went through (`passed` persons of a group; default all)."""
         now = self.clock() if at is None else at
         with transaction(self.ledger.conn):
@@ -142,8 +154,9 @@ class RedemptionService:
                 sign = 1 if r.direction == "entry" else -1
                 pending = -r.persons if r.direction == "entry" else 0
                 self.ledger.add_occupancy(r.zone, r.business_day, inside=sign * n, pending=pending)
-            self.ledger.append_event("redemption_confirmed",
-                                     {"redemption_id": r.id.hex(), "passed": n}, now, r.id)
+            self.ledger.append_event(
+                "redemption_confirmed", {"redemption_id": r.id.hex(), "passed": n}, now, r.id
+            )
         return self._require(redemption_id)
 
     def void(self, redemption_id: bytes, why: str, at: float | None = None) -> Redemption:
@@ -161,17 +174,19 @@ class RedemptionService:
                     self.ledger.add_occupancy(r.zone, r.business_day, inside=-(r.passed or 0))
             elif r.zone and r.state == "confirmed":
                 self.ledger.add_occupancy(r.zone, r.business_day, inside=r.passed or 0)
-            self.ledger.append_event("redemption_voided",
-                                     {"redemption_id": r.id.hex(), "why": why}, now, r.id)
+            self.ledger.append_event(
+                "redemption_voided", {"redemption_id": r.id.hex(), "why": why}, now, r.id
+            )
         return self._require(redemption_id)
 
     def import_bundle(self, path: Path, at: float | None = None) -> ImportResult:
-        """Verify and activate a bundle. Raises BundleRefused; the active cache is then untouched."""
+        """Verify and activate a bundle. Raises BundleRefused; the active cache then stays."""
         now = self.clock() if at is None else at
         result = self.cache.import_file(path, now)
         with transaction(self.ledger.conn):
-            self.ledger.append_event("bundle_applied", {"seq": result.seq, "kind": result.kind},
-                                     now)
+            self.ledger.append_event(
+                "bundle_applied", {"seq": result.seq, "kind": result.kind}, now
+            )
         return result
 
     def record_clock_offset(self, offset_s: float, at: float | None = None) -> None:
@@ -203,8 +218,12 @@ class RedemptionService:
         if st is not None:
             age = now - st.issued_at
             cache.update(
-                seq=st.seq, issued_at=iso(st.issued_at), expires_at=iso(st.expires_at),
-                age_s=round(age), stale=self._stale(now), lists=sorted(st.lists),
+                seq=st.seq,
+                issued_at=iso(st.issued_at),
+                expires_at=iso(st.expires_at),
+                age_s=round(age),
+                stale=self._stale(now),
+                lists=sorted(st.lists),
                 counts=self.view.counts(),
             )
         why = self.clock_status(now)
@@ -214,13 +233,20 @@ class RedemptionService:
             "device": self.config.device,
             "trust_anchor": self.anchor.fingerprint,
             "cache": cache,
-            "clock": {"suspect": why is not None, "why": why,
-                      "offset_s": self.ledger.meta("clock_offset_s")},
-            "ledger": {"redemptions": self.ledger.counts(),
-                       "outbox_depth": self.ledger.outbox_depth(),
-                       "epoch": self.ledger.meta("epoch")},
-            "lanes": {n: {"kind": c.kind, "list": c.list_id, "direction": str(c.direction)}
-                      for n, c in self.config.lanes.items()},
+            "clock": {
+                "suspect": why is not None,
+                "why": why,
+                "offset_s": self.ledger.meta("clock_offset_s"),
+            },
+            "ledger": {
+                "redemptions": self.ledger.counts(),
+                "outbox_depth": self.ledger.outbox_depth(),
+                "epoch": self.ledger.meta("epoch"),
+            },
+            "lanes": {
+                n: {"kind": c.kind, "list": c.list_id, "direction": str(c.direction)}
+                for n, c in self.config.lanes.items()
+            },
         }
 
     # -- internals ------------------------------------------------------------------------------
@@ -242,8 +268,9 @@ class RedemptionService:
         assert st is not None
         return now - st.issued_at > self.config.policy.stale_cache_s or now >= st.expires_at
 
-    def _decide(self, text: str, lane: LaneConfig, now: float,
-                record_failure: bool) -> tuple[Decision, _Identified | None]:
+    def _decide(
+        self, text: str, lane: LaneConfig, now: float, record_failure: bool
+    ) -> tuple[Decision, _Identified | None]:
         base = Decision(reason=Reason.OK, lane=lane.name, at=now, list_id=lane.list_id)
         try:
             if not self.view.refresh():
@@ -260,15 +287,21 @@ class RedemptionService:
         cred = ident.cred
         product = st.products.get(cred.product, {})
         base = base.with_(
-            kind=cred.kind, canonical_id=cred.canonical_id, product=cred.product,
-            product_name=product.get("name"), slot=cred.slot, persons=cred.persons,
+            kind=cred.kind,
+            canonical_id=cred.canonical_id,
+            product=cred.product,
+            product_name=product.get("name"),
+            slot=cred.slot,
+            persons=cred.persons,
         )
         suspect = self.clock_status(now) is not None
         base = base.with_(clock_suspect=suspect)
         lst = self.view.lists.get(lane.list_id)
         if lst is None:
-            return base.with_(reason=Reason.NOT_ON_LIST,
-                              detail=f"check-in list {lane.list_id} is not in the cache"), ident
+            return base.with_(
+                reason=Reason.NOT_ON_LIST,
+                detail=f"check-in list {lane.list_id} is not in the cache",
+            ), ident
         cid = bytes.fromhex(cred.canonical_id)
         local = self.ledger.priors(cred.canonical_id, lst.id)
         seen = {rid for rid, _ in local}
@@ -276,18 +309,28 @@ class RedemptionService:
         priors += [p for rid, p in self.view.used_elsewhere(cid, lst.id) if rid not in seen]
         zone = st.zones.get(lst.zone or "", {})
         ctx = Context(
-            now=now, site=self.config.site, direction=lane.direction,
-            site_clock=self.view.site_clock, clock_suspect=suspect, cache_stale=self._stale(now),
-            revoked=self.view.is_revoked(cid), blocked=self.view.is_blocked(cid),
+            now=now,
+            site=self.config.site,
+            direction=lane.direction,
+            site_clock=self.view.site_clock,
+            clock_suspect=suspect,
+            cache_stale=self._stale(now),
+            revoked=self.view.is_revoked(cid),
+            blocked=self.view.is_blocked(cid),
             zone_capacity=zone.get("capacity"),
             zone_load=self.ledger.zone_load(lst.zone, self._day(now)) if lst.zone else 0,
         )
         verdict: Verdict = evaluate(cred, lst, priors, ctx)
-        return base.with_(reason=verdict.reason, warnings=verdict.warnings,
-                          remaining=verdict.remaining, detail=verdict.detail), ident
+        return base.with_(
+            reason=verdict.reason,
+            warnings=verdict.warnings,
+            remaining=verdict.remaining,
+            detail=verdict.detail,
+        ), ident
 
-    def _identify(self, text: str, lane: LaneConfig, now: float,
-                  record_failure: bool) -> _Identified:
+    def _identify(
+        self, text: str, lane: LaneConfig, now: float, record_failure: bool
+    ) -> _Identified:
         parsed = parse_code(text)
         if isinstance(parsed, ShortCode):
             return self._identify_short(parsed, lane, now, record_failure)
@@ -302,7 +345,11 @@ class RedemptionService:
                 raise CodeError("bad_signature", "holder signature does not verify")
             pol = self.config.policy
             age = now - parsed.shown_at
-            if not -pol.rotating_max_skew_s <= age <= pol.rotating_max_age_s + pol.rotating_max_skew_s:
+            if (
+                not -pol.rotating_max_skew_s
+                <= age
+                <= pol.rotating_max_age_s + pol.rotating_max_skew_s
+            ):
                 raise CodeError("stale_code", f"code shown {age:+.0f} s ago; ask to refresh it")
             if self.ledger.rotating_seen(t.canonical_id, parsed.shown_at):
                 raise CodeError("replayed", "this display code was already scanned")
@@ -311,9 +358,15 @@ class RedemptionService:
             raise CodeError("holder_required", "open the ticket in the app to show a live code")
         cred = Credential(
             kind="rotating" if shown_at is not None else "signed",
-            canonical_id=t.canonical_id, site=t.site, product=t.product,
-            valid_from=t.valid_from, valid_until=t.valid_until, entries=t.entries,
-            persons=t.persons, slot=t.slot, zones=t.zones,
+            canonical_id=t.canonical_id,
+            site=t.site,
+            product=t.product,
+            valid_from=t.valid_from,
+            valid_until=t.valid_until,
+            entries=t.entries,
+            persons=t.persons,
+            slot=t.slot,
+            zones=t.zones,
         )
         return _Identified(cred, shown_at)
 
@@ -329,8 +382,9 @@ class RedemptionService:
         if not any(verify_ed25519(c.key, signed.signature, signed.signed_message) for c in certs):
             raise CodeError("bad_signature", "ticket signature does not verify")
 
-    def _identify_short(self, code: ShortCode, lane: LaneConfig, now: float,
-                        record_failure: bool) -> _Identified:
+    def _identify_short(
+        self, code: ShortCode, lane: LaneConfig, now: float, record_failure: bool
+    ) -> _Identified:
         fails = self._failures.setdefault(lane.name, deque())
         window = self.config.policy.short_code_failure_window_s
         while fails and fails[0] < now - window:
@@ -345,9 +399,15 @@ class RedemptionService:
                 self._note_failure(lane.name, now)
             raise CodeError("unknown_code", "no such voucher or pickup code")
         cred = Credential(
-            kind="short", canonical_id=row.code_id.hex(), site=self.config.site,
-            product=row.product, valid_from=row.valid_from, valid_until=row.valid_until,
-            entries=row.entries, persons=row.persons, slot=row.slot,
+            kind="short",
+            canonical_id=row.code_id.hex(),
+            site=self.config.site,
+            product=row.product,
+            valid_from=row.valid_from,
+            valid_until=row.valid_until,
+            entries=row.entries,
+            persons=row.persons,
+            slot=row.slot,
         )
         return _Identified(cred)
 
@@ -357,28 +417,58 @@ class RedemptionService:
     def _day(self, at: float) -> str:
         return self.view.site_clock.business_day(at).isoformat()
 
-    def _record(self, d: Decision, ident: _Identified, lane: LaneConfig, rid: bytes, now: float,
-                confirm: bool, *, forced: bool, note: str = "") -> Decision:
+    def _record(
+        self,
+        d: Decision,
+        ident: _Identified,
+        lane: LaneConfig,
+        rid: bytes,
+        now: float,
+        confirm: bool,
+        *,
+        forced: bool,
+        note: str = "",
+    ) -> Decision:
         cred = ident.cred
         lst = self.view.lists[lane.list_id]
         day = self._day(now)
         state = "confirmed" if confirm else "pending"
         r = Redemption(
-            id=rid, canonical_id=cred.canonical_id, list_id=lst.id, direction=str(lane.direction),
-            kind=cred.kind, product=cred.product, zone=lst.zone, persons=cred.persons,
-            passed=cred.persons if confirm else None, state=state, forced=forced, note=note,
-            lane=lane.name, created_at=now, updated_at=now, business_day=day,
-            valid_until=cred.valid_until, cache_seq=d.cache_seq or 0, clock_suspect=d.clock_suspect,
+            id=rid,
+            canonical_id=cred.canonical_id,
+            list_id=lst.id,
+            direction=str(lane.direction),
+            kind=cred.kind,
+            product=cred.product,
+            zone=lst.zone,
+            persons=cred.persons,
+            passed=cred.persons if confirm else None,
+            state=state,
+            forced=forced,
+            note=note,
+            lane=lane.name,
+            created_at=now,
+            updated_at=now,
+            business_day=day,
+            valid_until=cred.valid_until,
+            cache_seq=d.cache_seq or 0,
+            clock_suspect=d.clock_suspect,
         )
         self.ledger.insert(r)
         if lst.zone:
             if lane.direction is Direction.ENTRY:
-                self.ledger.add_occupancy(lst.zone, day, inside=cred.persons if confirm else 0,
-                                          pending=0 if confirm else cred.persons)
+                self.ledger.add_occupancy(
+                    lst.zone,
+                    day,
+                    inside=cred.persons if confirm else 0,
+                    pending=0 if confirm else cred.persons,
+                )
             elif confirm:
                 self.ledger.add_occupancy(lst.zone, day, inside=-cred.persons)
         if ident.rotating_shown_at is not None:
-            keep = self.config.policy.rotating_max_age_s + 2 * self.config.policy.rotating_max_skew_s
+            keep = (
+                self.config.policy.rotating_max_age_s + 2 * self.config.policy.rotating_max_skew_s
+            )
             self.ledger.remember_rotating(cred.canonical_id, ident.rotating_shown_at, now, keep)
         high = float(self.ledger.meta("high_water") or 0)
         self.ledger.set_meta("high_water", repr(max(high, now)))
@@ -388,22 +478,44 @@ class RedemptionService:
 
     def _from_record(self, r: Redemption, lane: str, now: float, detail: str) -> Decision:
         return Decision(
-            reason=Reason.OK, lane=lane, at=now, detail=detail, kind=r.kind,
-            canonical_id=r.canonical_id, redemption_id=r.id.hex(), state=r.state,
-            product=r.product, persons=r.persons, list_id=r.list_id, cache_seq=r.cache_seq,
-            clock_suspect=r.clock_suspect, forced=r.forced,
+            reason=Reason.OK,
+            lane=lane,
+            at=now,
+            detail=detail,
+            kind=r.kind,
+            canonical_id=r.canonical_id,
+            redemption_id=r.id.hex(),
+            state=r.state,
+            product=r.product,
+            persons=r.persons,
+            list_id=r.list_id,
+            cache_seq=r.cache_seq,
+            clock_suspect=r.clock_suspect,
+            forced=r.forced,
         )
 
     @staticmethod
     def _deny_body(d: Decision, text: str) -> dict[str, Any]:
-        return {"reason": str(d.reason), "lane": d.lane, "canonical_id": d.canonical_id,
-                "code_fp": code_fingerprint(text), "list": d.list_id, "detail": d.detail}
+        return {
+            "reason": str(d.reason),
+            "lane": d.lane,
+            "canonical_id": d.canonical_id,
+            "code_fp": code_fingerprint(text),
+            "list": d.list_id,
+            "detail": d.detail,
+        }
 
     @staticmethod
     def _log(d: Decision, text: str, op: str) -> None:
-        log.info("%s lane=%s decision=%s reason=%s code=%s id=%s", op, d.lane,
-                 "admit" if d.admit else "deny", d.reason, code_fingerprint(text),
-                 d.canonical_id or "-")
+        log.info(
+            "%s lane=%s decision=%s reason=%s code=%s id=%s",
+            op,
+            d.lane,
+            "admit" if d.admit else "deny",
+            d.reason,
+            code_fingerprint(text),
+            d.canonical_id or "-",
+        )
 
 
 def _public_key(raw: bytes) -> Ed25519PublicKey:

@@ -40,8 +40,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
@@ -71,17 +72,32 @@ class ShortCodeSpec:
     slot: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "id": self.code_id.hex(), "product": self.product,
-                "valid_from": self.valid_from, "valid_until": self.valid_until,
-                "entries": self.entries, "persons": self.persons, "kind": self.kind,
-                "slot": list(self.slot) if self.slot else None}
+        return {
+            "code": self.code,
+            "id": self.code_id.hex(),
+            "product": self.product,
+            "valid_from": self.valid_from,
+            "valid_until": self.valid_until,
+            "entries": self.entries,
+            "persons": self.persons,
+            "kind": self.kind,
+            "slot": list(self.slot) if self.slot else None,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ShortCodeSpec:
         slot = d.get("slot")
-        return cls(str(d["code"]), bytes.fromhex(d["id"]), d["product"], int(d["valid_from"]),
-                   int(d["valid_until"]), int(d.get("entries", 1)), int(d.get("persons", 1)),
-                   d.get("kind", "voucher"), (int(slot[0]), int(slot[1])) if slot else None)
+        return cls(
+            str(d["code"]),
+            bytes.fromhex(d["id"]),
+            d["product"],
+            int(d["valid_from"]),
+            int(d["valid_until"]),
+            int(d.get("entries", 1)),
+            int(d.get("persons", 1)),
+            d.get("kind", "voucher"),
+            (int(slot[0]), int(slot[1])) if slot else None,
+        )
 
 
 @dataclass
@@ -175,7 +191,7 @@ class Hub:
         path = self.site_dir(site) / "state.json"
         return json.loads(path.read_text()) if path.exists() else {"seq": 0, "shipped": 0}
 
-    def _save_site_state(self, site: str, state: dict[str, Any]) -> None:
+    def save_site_state(self, site: str, state: dict[str, Any]) -> None:
         path = self.site_dir(site) / "state.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -186,8 +202,11 @@ class Hub:
         path = self.site_dir(site) / "short_codes.jsonl"
         if not path.exists():
             return []
-        return [ShortCodeSpec.from_json(json.loads(line)) for line in path.read_text().splitlines()
-                if line.strip()]
+        return [
+            ShortCodeSpec.from_json(json.loads(line))
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
 
     # -- minting --------------------------------------------------------------------------------
 
@@ -204,9 +223,17 @@ class Hub:
 
     # -- bundles --------------------------------------------------------------------------------
 
-    def write_bundle(self, site: str, out: Path, content: BundleContent, *, snapshot: bool,
-                     now: int | None = None, expires_days: float = 30.0,
-                     kid: int | None = None) -> dict[str, Any]:
+    def write_bundle(
+        self,
+        site: str,
+        out: Path,
+        content: BundleContent,
+        *,
+        snapshot: bool,
+        now: int | None = None,
+        expires_days: float = 30.0,
+        kid: int | None = None,
+    ) -> dict[str, Any]:
         """Write the site's next bundle (sequence = last + 1) and return its header."""
         now = int(time.time()) if now is None else now
         state = self.site_state(site)
@@ -219,28 +246,59 @@ class Hub:
         lidx = {name: i for i, name in enumerate(used_lists)}
         site_key = self.site_key(site)
         records: list[tuple[int, Iterable[tuple[Any, ...]]]] = [
-            (fmt.SHORT_ADD, [
-                (short_code_hash(site_key, s.code), s.code_id, s.valid_from, s.valid_until,
-                 *(s.slot or (0, 0)), s.entries, s.persons, SHORT_KIND_IDS[s.kind], pidx[s.product])
-                for s in content.short_codes]),
-            (fmt.SHORT_REMOVE, [(short_code_hash(site_key, c),) for c in content.remove_short_codes]),
+            (
+                fmt.SHORT_ADD,
+                [
+                    (
+                        short_code_hash(site_key, s.code),
+                        s.code_id,
+                        s.valid_from,
+                        s.valid_until,
+                        *(s.slot or (0, 0)),
+                        s.entries,
+                        s.persons,
+                        SHORT_KIND_IDS[s.kind],
+                        pidx[s.product],
+                    )
+                    for s in content.short_codes
+                ],
+            ),
+            (
+                fmt.SHORT_REMOVE,
+                [(short_code_hash(site_key, c),) for c in content.remove_short_codes],
+            ),
             (fmt.REVOKE, [(c,) for c in content.revocations]),
             (fmt.BLOCK, [(c,) for c in content.blocked]),
             (fmt.UNBLOCK, [(c,) for c in content.unblocked]),
-            (fmt.USED, [(rid, cid, lidx[lst], 1 if d == "entry" else 2, persons, at)
-                        for rid, cid, lst, d, persons, at in content.used]),
+            (
+                fmt.USED,
+                [
+                    (rid, cid, lidx[lst], 1 if d == "entry" else 2, persons, at)
+                    for rid, cid, lst, d, persons, at in content.used
+                ],
+            ),
         ]
         key_kids = self.kids() if snapshot else content.new_key_kids
         header: dict[str, Any] = {
-            "site": site, "seq": seq, "base_seq": None if snapshot else state["seq"],
-            "issued_at": now, "expires_at": now + int(expires_days * DAY), "kid": kid,
-            "key_certs": [self.cert_hex(k) for k in key_kids
-                          if k not in set(self._hub_state().get("retired", []))],
+            "site": site,
+            "seq": seq,
+            "base_seq": None if snapshot else state["seq"],
+            "issued_at": now,
+            "expires_at": now + int(expires_days * DAY),
+            "kid": kid,
+            "key_certs": [
+                self.cert_hex(k)
+                for k in key_kids
+                if k not in set(self._hub_state().get("retired", []))
+            ],
             "retire_kids": content.retire_kids,
-            "products": content.products, "zones": content.zones, "lists": content.lists,
-            "remove_lists": content.remove_lists, "products_ref": products_ref,
+            "products": content.products,
+            "zones": content.zones,
+            "lists": content.lists,
+            "remove_lists": content.remove_lists,
+            "products_ref": products_ref,
             "used_lists": used_lists,
-            "counts": {fmt.COUNT_KEYS[t]: len(list(e)) for t, e in records},  # type: ignore[arg-type]
+            "counts": {fmt.COUNT_KEYS[t]: len(list(e)) for t, e in records},
         }
         if snapshot or content.site_info is not None:
             header["site_info"] = content.site_info or {"timezone": "UTC", "rollover_hour": 0}
@@ -254,9 +312,11 @@ class Hub:
             writer.finish()
         os.replace(tmp, out)
         state["seq"] = seq
-        self._save_site_state(site, state)
+        self.save_site_state(site, state)
         if content.retire_kids:
             hub_state = self._hub_state()
-            hub_state["retired"] = sorted(set(hub_state.get("retired", [])) | set(content.retire_kids))
+            hub_state["retired"] = sorted(
+                set(hub_state.get("retired", [])) | set(content.retire_kids)
+            )
             (self.dir / "hub.json").write_text(json.dumps(hub_state))
         return header

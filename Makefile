@@ -1,0 +1,52 @@
+# make run: the scripted demo.  make test: lint, types, layers, tests.  make bench: benchmarks.
+# Works as root on a fresh Debian 12 with Python 3.11: system packages are installed only when
+# missing, the venv lives in .venv, and the project is installed into it (editable).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := libzbar0
+
+.PHONY: run test lint typecheck layers pytest bench clean system-deps
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "installing system packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing system packages:$$missing (no apt-get here)"; fi; \
+	fi
+
+run: $(STAMP)
+	$(VENV)/bin/edge demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+layers: $(STAMP)
+	$(PY) tests/check_layers.py
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck layers pytest
+
+bench: $(STAMP)
+	$(PY) -m bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

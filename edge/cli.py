@@ -1,0 +1,285 @@
+"""The `edge` command: box commands, and the reference cloud tools under `edge hub`.
+
+Exit codes: 0 admit or applied, 3 deny or refused, 2 error (an unexpected exception is 2, never
+mistaken for a deny). With --json, every outcome (errors too) is one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edge import config as cfgmod
+from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
+from edge.errors import BundleRefused, EdgeError
+from edge.service import RedemptionService
+from edge.store import WriteLock
+from edge.trust import TrustAnchor
+from sync.hub.cli import register as register_hub
+
+EXIT_OK, EXIT_ERROR, EXIT_DENY = 0, 2, 3
+log = logging.getLogger("edge.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge", description="Edge gateway for stores and scenic sites / 门店与景区边缘网关"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def box_cmd(
+        name: str, help_: str, func: Callable[[argparse.Namespace], int], data: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", help="config file (default lookup: see README)")
+        p.add_argument("--home", help="box directory holding edge.toml and the state")
+        if data:
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("init", help="create a minimal box config in DIR")
+    p.add_argument("--home", required=True, type=Path)
+    p.add_argument("--site", required=True)
+    p.add_argument("--device", default="box-1")
+    p.add_argument("--trust-anchor", required=True, type=Path, help="the hub's trust-anchor.json")
+    p.set_defaults(func=cmd_init)
+
+    bundle = sub.add_parser("bundle", help="signed code bundles")
+    bs = bundle.add_subparsers(dest="bundle_cmd", required=True, metavar="COMMAND")
+    p = bs.add_parser("import", help="verify and activate a bundle file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--config")
+    p.add_argument("--home")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--at", help="import time, ISO 8601 with UTC offset (default: now)")
+    p.set_defaults(func=cmd_bundle_import)
+
+    for name, help_, func in (
+        ("validate", "check a code without redeeming it (dry run)", cmd_validate),
+        ("redeem", "redeem a code on a counter lane", cmd_redeem),
+    ):
+        p = box_cmd(name, help_, func)
+        p.add_argument(
+            "code", help="the code, or - to read it from stdin (keeps it out of history)"
+        )
+        p.add_argument("--lane", default="counter", help="lane name from the config")
+        p.add_argument("--at", help="decision time, ISO 8601 with UTC offset (default: now)")
+    box_cmd("status", "cache, ledger, clock and lanes of this box", cmd_status)
+
+    p = sub.add_parser("demo", help="scripted demo: a hub and a box, every kind of code")
+    p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
+    p.set_defaults(func=cmd_demo)
+
+    register_hub(sub)
+    return parser
+
+
+def parse_at(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(
+            f"--at {value!r}: expected ISO 8601, e.g. 2026-05-01T09:30:00+08:00"
+        ) from err
+    if dt.tzinfo is None:
+        raise ValueError(f"--at {value!r}: give a UTC offset, e.g. +08:00")
+    return dt.timestamp()
+
+
+def _load_config(args: argparse.Namespace) -> cfgmod.BoxConfig:
+    path, state = cfgmod.locate(getattr(args, "config", None), getattr(args, "home", None))
+    return cfgmod.load(path, state)
+
+
+@contextmanager
+def _service(args: argparse.Namespace, write: bool) -> Iterator[RedemptionService]:
+    config = _load_config(args)
+    if write:
+        with WriteLock(config.state_dir) as lock:
+            svc = RedemptionService(config, full_check=lock.unclean)
+            try:
+                yield svc
+            finally:
+                svc.close()
+    else:
+        svc = RedemptionService(config)
+        try:
+            yield svc
+        finally:
+            svc.close()
+
+
+def _read_code(arg: str) -> str:
+    if arg != "-":
+        return arg
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], human: str) -> None:
+    print(json.dumps(doc, ensure_ascii=False) if getattr(args, "json", False) else human)
+
+
+def _show_decision(args: argparse.Namespace, d: Decision) -> int:
+    zh, en = REASON_TEXT[d.reason]
+    head = "ADMIT 通过" if d.admit else "DENY 拒绝"
+    lines = [f"{head}  {d.reason}: {zh} / {en}"]
+    if d.detail:
+        lines.append(f"  detail: {d.detail}")
+    for w in d.warnings:
+        lines.append(f"  warning 警告: {w}: {' / '.join(REASON_TEXT[w])}")
+    if d.canonical_id:
+        lines.append(
+            f"  {d.kind} {d.canonical_id}  product {d.product_name or d.product}"
+            f"  persons {d.persons}  remaining {'∞' if d.remaining is None else d.remaining}"
+        )
+    if d.redemption_id:
+        lines.append(f"  redemption {d.redemption_id} ({d.state})")
+    lines.append(f"  lane {d.lane}  cache seq {d.cache_seq}  clock suspect {d.clock_suspect}")
+    _emit(args, d.to_json(), "\n".join(lines))
+    return EXIT_OK if d.admit else EXIT_DENY
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home: Path = args.home
+    anchor = TrustAnchor.load(args.trust_anchor)
+    conf = home / cfgmod.CONFIG_NAME
+    if conf.exists():
+        raise EdgeError(f"{conf} already exists; edit it, or choose another --home")
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.trust_anchor, home / "trust-anchor.json")
+    conf.write_text(cfgmod.render_minimal(args.site, args.device, "trust-anchor.json"))
+    cfgmod.load(conf, home)
+    print(f"box config written to {conf}")
+    print(f"trust anchor fingerprint 信任根指纹: {anchor.fingerprint}")
+    print("check it against the fingerprint the operator gave you / 请与运营方提供的指纹核对")
+    return EXIT_OK
+
+
+def cmd_bundle_import(args: argparse.Namespace) -> int:
+    with _service(args, write=True) as svc:
+        try:
+            r = svc.import_bundle(args.file, parse_at(args.at))
+        except BundleRefused as err:
+            doc = {
+                "schema": SCHEMA_VERSION,
+                "decision": "refused",
+                "reason": err.reason,
+                "detail": err.detail,
+            }
+            _emit(
+                args,
+                doc,
+                f"REFUSED 拒绝导入  {err.reason}: {err.detail}\n"
+                "the active cache is unchanged / 当前数据未改变",
+            )
+            return EXIT_DENY
+        doc = {
+            "schema": SCHEMA_VERSION,
+            "decision": "applied",
+            "reason": "ok",
+            "seq": r.seq,
+            "kind": r.kind,
+            "counts": r.counts,
+            "cache_seq": r.seq,
+        }
+        _emit(args, doc, f"APPLIED 已导入  {r.kind} seq {r.seq}  {json.dumps(r.counts)}")
+        return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    with _service(args, write=False) as svc:
+        return _show_decision(
+            args, svc.validate(_read_code(args.code), args.lane, parse_at(args.at))
+        )
+
+
+def cmd_redeem(args: argparse.Namespace) -> int:
+    with _service(args, write=True) as svc:
+        lane = svc.config.lanes.get(args.lane)
+        if lane is not None and lane.kind != "counter":
+            raise EdgeError(f"lane {args.lane} is a {lane.kind} lane; the CLI redeems on counters")
+        return _show_decision(
+            args, svc.redeem(_read_code(args.code), args.lane, at=parse_at(args.at))
+        )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _service(args, write=False) as svc:
+        st = svc.status()
+    cache = st["cache"]
+    lines = [f"site {st['site']}  device {st['device']}", f"trust anchor {st['trust_anchor']}"]
+    if cache["active"]:
+        lines.append(
+            f"cache seq {cache['seq']}  issued {cache['issued_at']}  age {cache['age_s']} s"
+            f"  {'STALE 过旧' if cache['stale'] else 'fresh'}  {cache['counts']}"
+        )
+    else:
+        lines.append("cache: none — import a bundle / 尚未导入票务数据")
+    lines.append(
+        f"clock {'SUSPECT 异常: ' + st['clock']['why'] if st['clock']['suspect'] else 'ok'}"
+    )
+    lines.append(f"ledger {st['ledger']['redemptions']}  outbox {st['ledger']['outbox_depth']}")
+    _emit(args, st, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.app import run_scripted_demo
+
+    return run_scripted_demo(args.dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+        return code
+    except (EdgeError, ValueError, OSError) as err:
+        return _error(args, err)
+    except Exception as err:
+        log.exception("unexpected error")
+        return _error(args, err)
+
+
+def _error(args: argparse.Namespace, err: BaseException) -> int:
+    msg = f"{type(err).__name__}: {err}"
+    if getattr(args, "json", False):
+        print(
+            json.dumps(
+                {
+                    "schema": SCHEMA_VERSION,
+                    "decision": "error",
+                    "reason": "error",
+                    "error": msg,
+                    "canonical_id": None,
+                    "redemption_id": None,
+                    "cache_seq": None,
+                    "clock_suspect": None,
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print(f"error 错误: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
