@@ -265,8 +265,7 @@ def _entry(
             when = "not started" if ctx.now < start else "over"
             return Verdict(Reason.WRONG_SLOT, warnings, detail=f"time slot {when}")
     if cred.entries and len(entries) >= cred.entries:
-        local = sum(1 for p in entries if not p.elsewhere)
-        if local < cred.entries:
+        if all(p.elsewhere for p in entries):
             return Verdict(Reason.USED_ELSEWHERE, warnings, remaining=0)
         reason = Reason.ALREADY_USED if cred.entries == 1 else Reason.ENTRIES_EXHAUSTED
         return Verdict(reason, warnings, remaining=0)

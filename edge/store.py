@@ -87,18 +87,23 @@ def open_db(
                 f"understands ({schema.version})",
                 "install the newer release again, or restore a backup made by this release",
             )
-        if version < schema.version and not readonly:
-            _migrate(conn, schema, version)
     except sqlite3.DatabaseError as err:
         conn.close()
         raise StoreCorrupt(path, f"not a readable SQLite database ({err})", RESTORE_HINT) from err
     except BaseException:
         conn.close()
         raise
+    if version < schema.version and not readonly:
+        try:
+            _migrate(conn, schema, version)
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 
 def _migrate(conn: sqlite3.Connection, schema: Schema, current: int) -> None:
+    """Apply the pending migrations in one transaction: all of them, or none."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for number in range(current, schema.version):

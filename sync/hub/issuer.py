@@ -132,7 +132,13 @@ class Hub:
     # -- keys -----------------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, directory: Path, keys: int = 1, label: str = "edge reference hub") -> Hub:
+    def init(
+        cls,
+        directory: Path,
+        keys: int = 1,
+        label: str = "edge reference hub",
+        not_before: int | None = None,
+    ) -> Hub:
         if (directory / "root.key").exists():
             raise FileExistsError(f"{directory} already holds a hub (root.key exists)")
         hub = cls(directory)
@@ -141,7 +147,7 @@ class Hub:
         anchor = TrustAnchor(root.public_key().public_bytes_raw(), label)
         (directory / "trust-anchor.json").write_text(anchor.to_json())
         for kid in range(1, keys + 1):
-            hub.add_signing_key(kid)
+            hub.add_signing_key(kid, not_before)
         return hub
 
     def add_signing_key(self, kid: int, not_before: int | None = None) -> None:
