@@ -95,8 +95,8 @@ class CacheStore:
             return None
         return self.dir / name
 
-    def view(self) -> CacheView:
-        return CacheView(self)
+    def view(self, full_check: bool = False) -> CacheView:
+        return CacheView(self, full_check)
 
     # -- import -------------------------------------------------------------------------------
 
@@ -182,7 +182,9 @@ class CacheStore:
         self._remove_orphans()
 
     def _import_delta(self, reader: fmt.BundleReader, signers: list[KeyCert], active: Path) -> None:
-        conn = open_db(active, CACHE_SCHEMA, create=False, synchronous="FULL")
+        # Checked when it was activated and at every daemon start; a quick_check of a
+        # million-row cache here would cost more than the delta itself.
+        conn = open_db(active, CACHE_SCHEMA, create=False, synchronous="FULL", check=False)
         try:
             with transaction(conn):
                 _write_header(conn, reader.header, base=_read_state_conn(conn))
@@ -341,8 +343,9 @@ def _read_state_conn(conn: sqlite3.Connection, anchor: TrustAnchor | None = None
 class CacheView:
     """A reader of the active cache that follows snapshot swaps and committed deltas."""
 
-    def __init__(self, store: CacheStore) -> None:
+    def __init__(self, store: CacheStore, full_check: bool = False) -> None:
         self._store = store
+        self._full_check = full_check
         self._conn: sqlite3.Connection | None = None
         self._stamp: tuple[int, int] | None = None
         self._data_version = -1
@@ -364,7 +367,12 @@ class CacheView:
             path = self._store.active_path()
             assert path is not None
             self._conn = open_db(
-                path, CACHE_SCHEMA, create=False, synchronous="NORMAL", check=not self._checked
+                path,
+                CACHE_SCHEMA,
+                create=False,
+                synchronous="NORMAL",
+                check=not self._checked,
+                full_check=self._full_check and not self._checked,
             )
             self._checked = True
             self._stamp = stamp

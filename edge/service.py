@@ -56,7 +56,7 @@ class RedemptionService:
         self.anchor = TrustAnchor.load(config.trust_anchor)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.cache = CacheStore(config.state_dir, self.anchor, config.site)
-        self.view: CacheView = self.cache.view()
+        self.view: CacheView = self.cache.view(full_check=full_check)
         self.ledger = Ledger(config.state_dir / "ledger.db", full_check=full_check)
         if self.ledger.meta("created_at") is None:
             with transaction(self.ledger.conn):
