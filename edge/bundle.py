@@ -96,52 +96,87 @@ def _require(cond: bool, what: str) -> None:
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
+
+
+def _list_of(doc: dict[str, Any], key: str, check: Any, what: str) -> None:
+    items = doc.get(key, [])
+    _require(isinstance(items, list) and all(check(i) for i in items), f"header.{key}: {what}")
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_obj_with_id(v: object) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("id"), str)
 
 
 def validate_header(doc: object) -> Header:
-    """Check the header's structure (not its signature). Raises BundleRefused."""
+    """Check the header's structure (not its signature). Raises BundleRefused.
+
+    The header is read before the signature at the end of the stream can be checked, so every
+    field is checked for type and range here: nothing an attacker writes into it may raise
+    anything but BundleRefused.
+    """
+    try:
+        return _validate_header(doc)
+    except BundleRefused:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        raise BundleRefused("invalid_content", f"malformed header: {err}") from err
+
+
+def _validate_header(doc: object) -> Header:
     _require(isinstance(doc, dict), "header is not a JSON object")
     assert isinstance(doc, dict)
     if doc.get("format") != "edge-bundle" or doc.get("version") != VERSION:
         raise BundleRefused("unsupported_version", f"header version {doc.get('version')!r}")
     for key in ("seq", "issued_at", "expires_at", "kid"):
         _require(_is_int(doc.get(key)), f"header.{key} must be a non-negative integer")
+    _require(doc["kid"] <= 0xFFFFFFFF, "header.kid must fit in 32 bits")
     _require(isinstance(doc.get("site"), str) and bool(doc["site"]), "header.site missing")
     base = doc.get("base_seq")
     _require(base is None or _is_int(base), "header.base_seq must be null or an integer")
     snapshot = base is None
     for key in ("site_info", "site_key"):
         _require(not snapshot or key in doc, f"a snapshot needs header.{key}")
+    _require(
+        snapshot or "site_key" not in doc,
+        "a delta cannot change site_key (short codes are hashed with it); send a snapshot",
+    )
     if "site_info" in doc:
         info = doc["site_info"]
         _require(isinstance(info, dict), "header.site_info must be an object")
+        tz = info.get("timezone", "UTC")
+        _require(isinstance(tz, str), "site_info.timezone must be a string")
         try:
-            zone_info(str(info.get("timezone", "UTC")))
+            zone_info(tz)
         except ValueError as err:
             raise BundleRefused("invalid_content", f"site_info.timezone: {err}") from err
         hour = info.get("rollover_hour", 0)
         _require(_is_int(hour) and hour < 24, "site_info.rollover_hour must be 0-23")
     if "site_key" in doc:
+        key_hex = doc["site_key"]
+        _require(isinstance(key_hex, str), "site_key must be hex")
         try:
-            _require(len(bytes.fromhex(doc["site_key"])) == 32, "site_key must be 32 bytes")
-        except (TypeError, ValueError) as err:
+            _require(len(bytes.fromhex(key_hex)) == 32, "site_key must be 32 bytes")
+        except ValueError as err:
             raise BundleRefused("invalid_content", "site_key must be hex") from err
+    _list_of(doc, "lists", lambda v: isinstance(v, dict), "a list of objects")
     for lst in doc.get("lists", []):
         try:
             CheckInList.from_dict(lst)
         except (ValueError, TypeError) as err:
             raise BundleRefused("invalid_content", str(err)) from err
-    for key in ("products", "zones"):
-        items = doc.get(key, [])
-        _require(isinstance(items, list), f"header.{key} must be a list")
-        for item in items:
-            _require(isinstance(item, dict) and isinstance(item.get("id"), str), f"{key}[].id")
+    _list_of(doc, "products", _is_obj_with_id, "a list of objects with a string id")
+    _list_of(doc, "zones", _is_obj_with_id, "a list of objects with a string id")
     for zone in doc.get("zones", []):
         cap = zone.get("capacity")
         _require(cap is None or _is_int(cap), f"zone {zone['id']}.capacity")
-    for key in ("key_certs", "retire_kids", "products_ref", "used_lists", "remove_lists"):
-        _require(isinstance(doc.get(key, []), list), f"header.{key} must be a list")
+    for key in ("key_certs", "products_ref", "used_lists", "remove_lists", "remove_products"):
+        _list_of(doc, key, _is_str, "a list of strings")
+    _list_of(doc, "retire_kids", lambda v: _is_int(v) and v <= 0xFFFFFFFF, "a list of key ids")
     counts = doc.get("counts", {})
     _require(
         isinstance(counts, dict) and all(_is_int(v) for v in counts.values()),

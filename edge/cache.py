@@ -283,7 +283,13 @@ def _apply_records(conn: sqlite3.Connection, reader: fmt.BundleReader) -> None:
 
 def _short_row(e: tuple[Any, ...], products_ref: list[str]) -> tuple[Any, ...]:
     h, cid, vf, vu, ss, se, entries, persons, kind, pidx = e
-    if pidx >= len(products_ref) or kind not in SHORT_KINDS or vf >= vu:
+    if (
+        pidx >= len(products_ref)
+        or kind not in SHORT_KINDS
+        or vf >= vu
+        or persons < 1
+        or (se and ss >= se)
+    ):
         raise BundleRefused("invalid_content", "short code entry with bad product, kind or window")
     return (h, cid, products_ref[pidx], vf, vu, ss, se, entries, persons, kind)
 

@@ -7,6 +7,7 @@ encoding, and every check keys on `canonical_id`, never on the scanned text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -28,6 +29,8 @@ CTX_ROTATING = b"EDGE-ROT1"
 CTX_SHORT = b"EDGE-SC1"
 
 MAX_CODE_CHARS = 512
+MAX_RAW_BYTES = MAX_CODE_CHARS * 5 // 8  # 320: the most bytes that fit in the text cap
+ROTATING_OVERHEAD = 1 + 2 + 4 + 64  # tag, ticket length, display time, holder signature
 SHORT_MIN_DIGITS = 8
 SHORT_MAX_DIGITS = 16
 SIG_LEN = 64
@@ -152,8 +155,8 @@ def _check_ticket_fields(t: Ticket) -> None:
         problems.append("persons must be 1 to 255")
     if len(t.zones) > MAX_ZONES or len(set(t.zones)) != len(t.zones):
         problems.append(f"at most {MAX_ZONES} distinct zones")
-    if t.holder_key is not None and len(t.holder_key) != 32:
-        problems.append("holder key must be a 32-byte Ed25519 public key")
+    if t.holder_key is not None and (len(t.holder_key) != 32 or is_weak_key(t.holder_key)):
+        problems.append("holder key must be a 32-byte Ed25519 public key of large order")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -282,8 +285,14 @@ def verify_ed25519(public_key: Ed25519PublicKey, signature: bytes, message: byte
 
 
 def sign_ticket(ticket: Ticket, key: Ed25519PrivateKey) -> str:
-    """Issuer side: the ticket's text form."""
+    """Issuer side: the ticket's text form. Refuses a ticket no box could read back."""
     payload = ticket.payload()
+    raw_len = len(payload) + SIG_LEN + (ROTATING_OVERHEAD if ticket.holder_key else 0)
+    if raw_len > MAX_RAW_BYTES:
+        raise ValueError(
+            f"ticket too long: {raw_len} bytes over the {MAX_RAW_BYTES}-byte code limit "
+            "(shorten site, product or zone ids)"
+        )
     return b32encode(payload + key.sign(CTX_TICKET + payload))
 
 
@@ -297,11 +306,56 @@ def display_rotating(ticket_text: str, holder_key: Ed25519PrivateKey, shown_at: 
     return b32encode(raw + struct.pack(">I", shown_at) + sig)
 
 
+# Ed25519 field arithmetic, only to refuse small-order public keys: with such a key a signature
+# (R = identity, S = 0) verifies every message, and OpenSSL does not refuse them.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decode_point(raw: bytes) -> tuple[int, int] | None:
+    """RFC 8032 5.1.3 point decoding (one exponentiation)."""
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    vxx = v * x * x % _P
+    if vxx != u:
+        if vxx != _P - u:
+            return None
+        x = x * _SQRT_M1 % _P
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+@functools.lru_cache(maxsize=4096)
+def is_weak_key(raw: bytes) -> bool:
+    """True for encodings that are not points, or points of small order (8P = identity)."""
+    pt = _decode_point(raw)
+    if pt is None:
+        return True
+    x, y, z = pt[0], pt[1], 1
+    for _ in range(3):  # projective doubling on -x^2 + y^2 = 1 + d x^2 y^2 (dbl-2008-bbjlp)
+        b, c, d = (x + y) ** 2 % _P, x * x % _P, y * y % _P
+        f = (d - c) % _P
+        j = (f - 2 * z * z) % _P
+        x, y, z = (b - c - d) * j % _P, f * (-c - d) % _P, f * j % _P
+    return x == 0 and y == z
+
+
 def short_code_hash(site_key: bytes, digits: str) -> bytes:
     """Keyed hash under which a short code is stored in the cache (never the code itself)."""
     return hmac.new(site_key, CTX_SHORT + digits.encode("ascii"), hashlib.sha256).digest()[:16]
 
 
 def code_fingerprint(text: str) -> str:
-    """Short, non-reversible tag for logs (never log whole codes)."""
+    """Tag for logs (never log whole codes). A numeric code gets none: its space is small
+    enough that any unkeyed hash of it could be reversed."""
+    if text.isascii() and text.isdigit():
+        return f"digits:{len(text)}"
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:10]

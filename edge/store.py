@@ -67,6 +67,10 @@ def open_db(
     """Open (and migrate) a database. Raises StoreError subclasses with a remedy."""
     if not path.exists() and not create:
         raise StoreError(path, "database does not exist", "run `edge init` for this box first")
+    if not path.exists():
+        # Owner-only: the cache holds the site's short-code key, the ledger who came when.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
     try:
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)

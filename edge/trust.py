@@ -120,6 +120,8 @@ def issue_key_cert(
     usage: int = USAGE_TICKETS | USAGE_BUNDLES,
     site: str = ALL_SITES,
 ) -> bytes:
+    if not not_before < not_after or not usage or usage & ~(USAGE_TICKETS | USAGE_BUNDLES):
+        raise ValueError("key certificate needs not_before < not_after and known usage bits")
     body = _cert_body(kid, public_key, not_before, not_after, usage, site)
     return body + root.sign(CTX_KEYCERT + body)
 
