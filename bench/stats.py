@@ -1,0 +1,139 @@
+"""Percentiles, figure output and progress messages shared by the benchmark areas."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, stamped with seconds since start."""
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): the smallest value >= q% of the samples."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+@dataclass
+class Figures:
+    """Collects `name=value unit` figures; prints each as soon as it is added."""
+
+    lines: list[str] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, unit: str, digits: int = 3) -> None:
+        text = f"{value:.{digits}f}" if digits > 0 else f"{round(value)}"
+        line = f"{name}={text} {unit}"
+        self.lines.append(line)
+        self.values[name] = value
+        print(line, flush=True)
+
+    def latency(self, prefix: str, samples_ms: Sequence[float], *, p999: bool = False) -> None:
+        """p50 and p99 (and p99.9, max) of latencies in milliseconds."""
+        self.add(f"{prefix}_p50_ms", percentile(samples_ms, 50), "ms")
+        self.add(f"{prefix}_p99_ms", percentile(samples_ms, 99), "ms")
+        if p999:
+            self.add(f"{prefix}_p999_ms", percentile(samples_ms, 99.9), "ms")
+            self.add(f"{prefix}_max_ms", max(samples_ms, default=math.nan), "ms")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    limit: float
+    unit: str
+
+
+# The issue's targets (issue 2, "Performance"); a figure above its limit misses the target.
+TARGETS = (
+    Target("validate_signed_p99_ms", 1.0, "ms"),
+    Target("validate_rotating_p99_ms", 1.0, "ms"),
+    Target("validate_short_p99_ms", 1.0, "ms"),
+    Target("redeem_p99_ms", 2.0, "ms"),
+    Target("redeem_p999_ms", 10.0, "ms"),
+    Target("snapshot_1m_s", 10.0, "s"),
+    Target("snapshot_1m_rss_growth_mb", 100.0, "MB"),
+    Target("delta_10k_s", 0.5, "s"),
+)
+
+
+def check_targets(figures: Figures) -> int:
+    """Print each target's verdict on stderr; return how many were missed."""
+    missed = 0
+    for t in TARGETS:
+        value = figures.values.get(t.name)
+        if value is None:
+            continue
+        ok = value <= t.limit
+        missed += not ok
+        verdict = "ok" if ok else f"MISSED by {value - t.limit:.3g} {t.unit}"
+        progress(f"target {t.name} <= {t.limit:g} {t.unit}: {value:.3f} {verdict}")
+    return missed
+
+
+def _psi_total_us(resource: str) -> int | None:
+    """Total µs some task waited for `resource` (Linux PSI); None when unavailable."""
+    try:
+        with open(f"/proc/pressure/{resource}") as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class Noise:
+    """How much other work competed with a stretch of the run: the share of wall time in which
+    some task waited for a CPU or for I/O (PSI "some"), and the load average at its end."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.cpu = _psi_total_us("cpu")
+        self.io = _psi_total_us("io")
+
+    def percent(self) -> tuple[float, float]:
+        wall_us = (time.monotonic() - self.start) * 1e6
+        cpu, io = _psi_total_us("cpu"), _psi_total_us("io")
+        pct_cpu = math.nan if cpu is None or self.cpu is None else 100 * (cpu - self.cpu) / wall_us
+        pct_io = math.nan if io is None or self.io is None else 100 * (io - self.io) / wall_us
+        return pct_cpu, pct_io
+
+    def describe(self) -> str:
+        cpu, io = self.percent()
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[0]
+        return f"cpu pressure {cpu:.0f}%, io pressure {io:.0f}%, load {load}"
+
+
+def wait_quiet(max_wait_s: float, limit_pct: float = 5.0) -> None:
+    """On a shared machine, wait (up to max_wait_s) for a second in which tasks waited for a CPU
+    less than limit_pct of the time, so a measurement does not start inside someone's build."""
+    if max_wait_s <= 0:
+        return
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        probe = Noise()
+        time.sleep(1.0)
+        cpu, _ = probe.percent()
+        if not cpu > limit_pct:  # also true when PSI is unavailable (nan)
+            return
+        if time.monotonic() >= deadline:
+            progress(f"machine still busy (cpu pressure {cpu:.0f}%); measuring anyway")
+            return
