@@ -13,7 +13,7 @@ own reader still open, so the delta's pages are in the WAL) and on the ledger.
 Each stdout line is flushed after what it reports has returned:
 
     READY <active seq, 0 if none> <unclean 0|1>
-    BEGIN <seq>  /  IMPORTED <seq>
+    BEGIN <seq>  /  IMPORTED <seq> <import ms>
     COMMITTED <redemption id> <canonical id>
     CKPT-BEGIN <seq> <cache WAL bytes> <ledger WAL bytes>  (what the checkpoints have to copy)
     CKPT <seq> <cache checkpoint ms> <ledger checkpoint ms>
@@ -76,8 +76,9 @@ def main() -> int:
             nxt = args.chain / f"{seq + 1:06d}.bin"
             if nxt.exists():
                 emit(f"BEGIN {seq + 1}")
+                started = time.perf_counter()
                 seq = svc.import_bundle(nxt).seq
-                emit(f"IMPORTED {seq}")
+                emit(f"IMPORTED {seq} {(time.perf_counter() - started) * 1e3:.1f}")
             elif not args.checkpoint:
                 break
             if args.checkpoint:

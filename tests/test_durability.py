@@ -308,27 +308,31 @@ def test_kill_during_bundle_activation(tmp_path: Path) -> None:
     rng = random.Random(99)
     active = 1
     interrupted = {"snapshot": 0, "delta": 0}
+    took = {"snapshot": 0.2, "delta": 0.05}  # seconds per import, updated from the child's reports
     for run in range(24):
         child = Child([str(TESTS / "import_loop.py"), str(setup.box), str(chain.dir), "60"],
                       stderr)
-        if run % 4 == 0:
+        in_flight = None
+        if run % 4 == 0:  # anywhere from interpreter start-up on
             time.sleep(rng.uniform(0.005, 0.2))
-            in_flight = None
-        else:  # inside an import: any (snapshot, mostly), or the next delta
-            want = "delta" if run % 4 == 2 else ""
+        else:  # inside the import of a snapshot (runs 1, 3 mod 4) or of a delta (2 mod 4)
+            want = "delta" if run % 4 == 2 else "snapshot"
 
             def begins(line: str, want: str = want) -> bool:
                 words = line.split()
-                return words[0] == "BEGIN" and want in ("", chain.expect[int(words[1])].kind)
+                return words[0] == "BEGIN" and chain.expect[int(words[1])].kind == want
 
-            if not child.wait_for(begins, 30):  # the chain is done
+            if not child.wait_for(begins, 30):  # no such bundle left in the chain
                 fail_unless_killed(child.kill(), stderr, ok=(0, KILLED))
                 break
             in_flight = int(child.lines[-1].split()[1])
-            kind = chain.expect[in_flight].kind
-            time.sleep(rng.uniform(0, 0.35 if kind == "snapshot" else 0.08))
+            time.sleep(rng.uniform(0, 1.2 * took[want]))
         rc = child.kill()
         fail_unless_killed(rc, stderr, ok=(KILLED, 0))
+        for line in child.lines:
+            words = line.split()
+            if words[0] == "IMPORTED":
+                took[chain.expect[int(words[1])].kind] = float(words[2]) / 1e3
         reported = seqs_reported(child.lines, active)
         seq = check_cache(setup, chain, {reported, reported + 1})
         if in_flight is not None and seq == in_flight - 1:
