@@ -53,9 +53,10 @@ class CodeKind(StrEnum):
 class CodeError(ValueError):
     """A code cannot be decoded. `reason` is a decision reason (malformed, bad_signature...)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, canonical_id: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.canonical_id = canonical_id  # set once the issuer's signature has verified
         super().__init__(f"{reason}: {detail}")
 
 

@@ -283,7 +283,7 @@ class RedemptionService:
             reason = Reason(err.reason)
             if record_failure and reason is Reason.MALFORMED and text.isdigit():
                 self._note_failure(lane.name, now)
-            return base.with_(reason=reason, detail=err.detail), None
+            return base.with_(reason=reason, detail=err.detail, canonical_id=err.canonical_id), None
         cred = ident.cred
         product = st.products.get(cred.product, {})
         base = base.with_(
@@ -342,7 +342,7 @@ class RedemptionService:
             assert t.holder_key is not None
             holder = _public_key(t.holder_key)
             if not verify_ed25519(holder, parsed.holder_signature, parsed.holder_message):
-                raise CodeError("bad_signature", "holder signature does not verify")
+                raise CodeError("bad_signature", "holder signature does not verify", t.canonical_id)
             pol = self.config.policy
             age = now - parsed.shown_at
             if (
@@ -350,12 +350,16 @@ class RedemptionService:
                 <= age
                 <= pol.rotating_max_age_s + pol.rotating_max_skew_s
             ):
-                raise CodeError("stale_code", f"code shown {age:+.0f} s ago; ask to refresh it")
+                raise CodeError(
+                    "stale_code", f"code shown {age:+.0f} s ago; refresh it", t.canonical_id
+                )
             if self.ledger.rotating_seen(t.canonical_id, parsed.shown_at):
-                raise CodeError("replayed", "this display code was already scanned")
+                raise CodeError("replayed", "this display code was already scanned", t.canonical_id)
             shown_at = parsed.shown_at
         elif t.holder_key is not None:
-            raise CodeError("holder_required", "open the ticket in the app to show a live code")
+            raise CodeError(
+                "holder_required", "open the ticket in the app to show a live code", t.canonical_id
+            )
         cred = Credential(
             kind="rotating" if shown_at is not None else "signed",
             canonical_id=t.canonical_id,

@@ -119,12 +119,14 @@ def test_rotating_code_freshness_replay_and_static_copy(box: Box) -> None:
     svc = box.service()
     svc.import_bundle(box.snapshot())
     pub = new_holder_key(box.root / "h.key")
-    code, _ = box.ticket(holder_key=pub, entries=0)
+    code, t = box.ticket(holder_key=pub, entries=0)
+    code_id = t.canonical_id
     key = load_private(box.root / "h.key")
     assert svc.validate(code, "counter").reason is Reason.HOLDER_REQUIRED
     fresh = display_rotating(code, key, int(NOW) - 10)
     assert svc.redeem(fresh, "counter").admit
-    assert svc.redeem(fresh, "counter").reason is Reason.REPLAYED
+    replay = svc.redeem(fresh, "counter")
+    assert replay.reason is Reason.REPLAYED and replay.canonical_id == code_id
     assert (
         svc.validate(display_rotating(code, key, int(NOW) - 46), "counter").reason
         is Reason.STALE_CODE
