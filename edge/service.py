@@ -10,41 +10,23 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge.cache import CacheStore, CacheView, ImportResult
 from edge.clock import ClockFacts, clock_suspect
-from edge.codes import (
-    CodeError,
-    RotatingCode,
-    ShortCode,
-    SignedTicket,
-    code_fingerprint,
-    parse_code,
-    short_code_hash,
-    verify_ed25519,
-)
+from edge.codes import CodeError, code_fingerprint
 from edge.config import BoxConfig, LaneConfig
 from edge.decision import Decision, iso
 from edge.errors import InvalidTransition, NotFound
+from edge.identify import Identified, Identifier
 from edge.ledger import Ledger, Redemption
-from edge.rules import Context, Credential, Direction, Reason, Verdict, evaluate
+from edge.rules import Context, Direction, Reason, Verdict, evaluate
 from edge.store import transaction
-from edge.trust import USAGE_TICKETS, TrustAnchor
+from edge.trust import TrustAnchor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Identified:
-    cred: Credential
-    rotating_shown_at: int | None = None
 
 
 class RedemptionService:
@@ -61,7 +43,9 @@ class RedemptionService:
         if self.ledger.meta("created_at") is None:
             with transaction(self.ledger.conn):
                 self.ledger.set_meta("created_at", repr(clock()))
-        self._failures: dict[str, deque[float]] = {}
+        self.identifier = Identifier(
+            config.site, config.policy, self.view, self.ledger.rotating_seen
+        )
 
     def close(self) -> None:
         self.view.close()
@@ -270,7 +254,7 @@ class RedemptionService:
 
     def _decide(
         self, text: str, lane: LaneConfig, now: float, record_failure: bool
-    ) -> tuple[Decision, _Identified | None]:
+    ) -> tuple[Decision, Identified | None]:
         base = Decision(reason=Reason.OK, lane=lane.name, at=now, list_id=lane.list_id)
         try:
             if not self.view.refresh():
@@ -278,11 +262,11 @@ class RedemptionService:
             st = self.view.state
             assert st is not None
             base = base.with_(cache_seq=st.seq)
-            ident = self._identify(text, lane, now, record_failure)
+            ident = self.identifier.identify(text, lane.name, now, record_failure)
         except CodeError as err:
             reason = Reason(err.reason)
             if record_failure and reason is Reason.MALFORMED and text.isdigit():
-                self._note_failure(lane.name, now)
+                self.identifier.note_failure(lane.name, now)
             return base.with_(reason=reason, detail=err.detail, canonical_id=err.canonical_id), None
         cred = ident.cred
         product = st.products.get(cred.product, {})
@@ -328,103 +312,13 @@ class RedemptionService:
             detail=verdict.detail,
         ), ident
 
-    def _identify(
-        self, text: str, lane: LaneConfig, now: float, record_failure: bool
-    ) -> _Identified:
-        parsed = parse_code(text)
-        if isinstance(parsed, ShortCode):
-            return self._identify_short(parsed, lane, now, record_failure)
-        signed = parsed.signed if isinstance(parsed, RotatingCode) else parsed
-        self._verify_ticket(signed, now)
-        t = signed.ticket
-        shown_at = None
-        if isinstance(parsed, RotatingCode):
-            assert t.holder_key is not None
-            holder = _public_key(t.holder_key)
-            if not verify_ed25519(holder, parsed.holder_signature, parsed.holder_message):
-                raise CodeError("bad_signature", "holder signature does not verify", t.canonical_id)
-            pol = self.config.policy
-            age = now - parsed.shown_at
-            if (
-                not -pol.rotating_max_skew_s
-                <= age
-                <= pol.rotating_max_age_s + pol.rotating_max_skew_s
-            ):
-                raise CodeError(
-                    "stale_code", f"code shown {age:+.0f} s ago; refresh it", t.canonical_id
-                )
-            if self.ledger.rotating_seen(t.canonical_id, parsed.shown_at):
-                raise CodeError("replayed", "this display code was already scanned", t.canonical_id)
-            shown_at = parsed.shown_at
-        elif t.holder_key is not None:
-            raise CodeError(
-                "holder_required", "open the ticket in the app to show a live code", t.canonical_id
-            )
-        cred = Credential(
-            kind="rotating" if shown_at is not None else "signed",
-            canonical_id=t.canonical_id,
-            site=t.site,
-            product=t.product,
-            valid_from=t.valid_from,
-            valid_until=t.valid_until,
-            entries=t.entries,
-            persons=t.persons,
-            slot=t.slot,
-            zones=t.zones,
-        )
-        return _Identified(cred, shown_at)
-
-    def _verify_ticket(self, signed: SignedTicket, now: float) -> None:
-        st = self.view.state
-        assert st is not None
-        kid = signed.ticket.kid
-        if kid in st.retired:
-            raise CodeError("unknown_key", f"signing key {kid} has been retired")
-        certs = st.keyring.candidates(kid, USAGE_TICKETS, self.config.site, now)
-        if not certs:
-            raise CodeError("unknown_key", f"no valid ticket-signing key {kid}")
-        if not any(verify_ed25519(c.key, signed.signature, signed.signed_message) for c in certs):
-            raise CodeError("bad_signature", "ticket signature does not verify")
-
-    def _identify_short(
-        self, code: ShortCode, lane: LaneConfig, now: float, record_failure: bool
-    ) -> _Identified:
-        fails = self._failures.setdefault(lane.name, deque())
-        window = self.config.policy.short_code_failure_window_s
-        while fails and fails[0] < now - window:
-            fails.popleft()
-        if len(fails) >= self.config.policy.short_code_max_failures:
-            raise CodeError("rate_limited", f"too many unknown numeric codes; wait {window:.0f} s")
-        st = self.view.state
-        assert st is not None
-        row = self.view.short_code(short_code_hash(st.site_key, code.digits))
-        if row is None:
-            if record_failure:
-                self._note_failure(lane.name, now)
-            raise CodeError("unknown_code", "no such voucher or pickup code")
-        cred = Credential(
-            kind="short",
-            canonical_id=row.code_id.hex(),
-            site=self.config.site,
-            product=row.product,
-            valid_from=row.valid_from,
-            valid_until=row.valid_until,
-            entries=row.entries,
-            persons=row.persons,
-            slot=row.slot,
-        )
-        return _Identified(cred)
-
-    def _note_failure(self, lane: str, now: float) -> None:
-        self._failures.setdefault(lane, deque()).append(now)
-
     def _day(self, at: float) -> str:
         return self.view.site_clock.business_day(at).isoformat()
 
     def _record(
         self,
         d: Decision,
-        ident: _Identified,
+        ident: Identified,
         lane: LaneConfig,
         rid: bytes,
         now: float,
@@ -520,7 +414,3 @@ class RedemptionService:
             code_fingerprint(text),
             d.canonical_id or "-",
         )
-
-
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)
