@@ -2,7 +2,8 @@
 
 Setup (full size): 1,000,000 short codes and 100,000 revocations in a snapshot signed by a hub
 with 10 signing keys, a site with a default check-in list, a chain of 10,000-code deltas.
-The box side is the real RedemptionService / CacheStore on a fresh state directory.
+The box side is the real RedemptionService / CacheStore on a fresh state directory. Redeem runs
+twice: on a fresh ledger, then on one aged with 300,000 redemptions (30 days of a busy gate).
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ def _validate(figures: Figures, svc: RedemptionService, fixture: Fixture, sizes:
     phase.end()
 
 
+def _redeem(figures: Figures, svc: RedemptionService, fixture: Fixture, sizes: Sizes) -> None:
+    source = CodeSource(fixture, "redeem")
+    wait_quiet(sizes.quiet_s)
+    phase = _Phase(f"redeem {sizes.redeem} distinct codes on a counter lane, fresh ledger")
+    durable.redeem(figures, svc, source, sizes.redeem)
+    phase.end()
+    phase = _Phase(f"age the ledger: {sizes.aged_ledger} redemptions over 30 days")
+    durable.age_ledger(svc, sizes.aged_ledger)
+    figures.add("setup_aged_ledger_redemptions", sizes.aged_ledger, "count", 0)
+    phase.end()
+    wait_quiet(sizes.quiet_s)
+    phase = _Phase(f"redeem {sizes.redeem} more codes, aged ledger")
+    durable.redeem(figures, svc, source, sizes.redeem, "redeem_aged")
+    phase.end()
+
+
 def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
     sizes = Sizes.quick() if quick else Sizes.full()
     figures = Figures()
@@ -138,10 +155,7 @@ def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
             _deltas(figures, svc, fixture.deltas[: sizes.deltas_timed])
             phase.end()
             _validate(figures, svc, fixture, sizes, config)
-            wait_quiet(sizes.quiet_s)
-            phase = _Phase(f"redeem {sizes.redeem} distinct codes on a counter lane")
-            durable.redeem(figures, svc, CodeSource(fixture, "redeem"), sizes.redeem)
-            phase.end()
+            _redeem(figures, svc, fixture, sizes)
         finally:
             svc.close()
     finally:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from bench.codesource import KINDS, CodeSource
 from bench.stats import Figures, percentile, progress
+from edge.ledger import Redemption
 from edge.service import RedemptionService
+from edge.store import transaction
 
 LANE = "counter"
 _PAGE = 4096
@@ -34,13 +36,33 @@ def fsync_latencies_ms(directory: Path, n: int) -> list[float]:
     return out
 
 
-def redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int) -> None:
+def age_ledger(svc: RedemptionService, n: int, days: int = 30) -> None:
+    """Give the ledger the history of a box that has run for `days` days (n confirmed
+    redemptions), written through Ledger.insert in one transaction, then checkpointed."""
+    now = time.time()
+    step = days * 86400 / max(n, 1)
+    with transaction(svc.ledger.conn):
+        for i in range(n):
+            at = now - (n - i) * step
+            svc.ledger.insert(Redemption(
+                id=os.urandom(16), canonical_id=os.urandom(16).hex(), list_id="default",
+                direction="entry", kind=KINDS[i % len(KINDS)], product="adult", zone=None,
+                persons=1, passed=1, state="confirmed", forced=False, note="", lane=LANE,
+                created_at=at, updated_at=at, business_day=time.strftime("%Y-%m-%d",
+                                                                        time.gmtime(at)),
+                valid_until=int(at) + 86400, cache_seq=1, clock_suspect=False))
+    svc.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int,
+           name: str = "redeem") -> None:
     """Redeem n distinct codes (kinds round-robin) on a counter lane; each call commits.
 
     In WAL mode only a checkpoint writes the database file itself, so a change of its mtime
     (checked outside the timed call) marks the redemptions that ran SQLite's auto-checkpoint.
     """
     per_kind: dict[str, list[float]] = {k: [] for k in KINDS}
+    in_order: list[float] = []
     checkpointed: list[float] = []
     plain: list[float] = []
     denied: Counter[str] = Counter()
@@ -54,19 +76,19 @@ def redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int)
         decision = svc.redeem(text, LANE)
         ms = (time.perf_counter_ns() - start) / 1e6
         per_kind[kind].append(ms)
+        in_order.append(ms)
         (checkpointed if db.stat().st_mtime_ns != before else plain).append(ms)
         if not decision.admit:
             denied[f"{kind}:{decision.reason}"] += 1
         if (i + 1) % 2000 == 0:
-            progress(f"redeem: {i + 1}/{n} in {time.monotonic() - t0:.1f} s, p99 of the last "
-                     f"2000 {percentile([*plain, *checkpointed][-2000:], 99):.3f} ms")
+            progress(f"{name}: {i + 1}/{n} in {time.monotonic() - t0:.1f} s, p99 of the last "
+                     f"2000 {percentile(in_order[-2000:], 99):.3f} ms")
     if denied:
-        progress(f"WARNING redeem: denied decisions {dict(denied)}")
-    all_ms = [x for k in KINDS for x in per_kind[k]]
-    figures.latency("redeem", all_ms, p999=True)
-    figures.add("redeem_per_s", len(all_ms) / (sum(all_ms) / 1000.0), "1/s", 0)
+        progress(f"WARNING {name}: denied decisions {dict(denied)}")
+    figures.latency(name, in_order, p999=True)
+    figures.add(f"{name}_per_s", len(in_order) / (sum(in_order) / 1000.0), "1/s", 0)
     for kind in KINDS:
-        figures.latency(f"redeem_{kind}", per_kind[kind])
-    figures.add("redeem_checkpoints", len(checkpointed), "count", 0)
-    figures.add("redeem_checkpoint_p50_ms", percentile(checkpointed, 50), "ms")
-    figures.latency("redeem_no_checkpoint", plain)
+        figures.latency(f"{name}_{kind}", per_kind[kind])
+    figures.add(f"{name}_checkpoints", len(checkpointed), "count", 0)
+    figures.add(f"{name}_checkpoint_p50_ms", percentile(checkpointed, 50), "ms")
+    figures.latency(f"{name}_no_checkpoint", plain)

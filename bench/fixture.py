@@ -38,7 +38,8 @@ class Sizes:
     validate_samples: int  # per code kind and round, while a delta imports
     rounds: int  # validate rounds (each runs every importer variant once)
     idle_samples: int  # per code kind, nothing else running
-    redeem: int
+    redeem: int  # per redeem phase (fresh ledger, then aged ledger)
+    aged_ledger: int  # redemptions already in the ledger for the second phase
     fsync: int
     snapshot_repeats: int
     quiet_s: float  # longest wait for a quiet machine before each measurement
@@ -47,13 +48,15 @@ class Sizes:
     def full(cls) -> Sizes:
         return cls(short_codes=1_000_000, revocations=100_000, keys=10, delta_codes=10_000,
                    deltas_timed=5, deltas_spare=120, validate_samples=2000, rounds=3,
-                   idle_samples=2000, redeem=10_000, fsync=2000, snapshot_repeats=3, quiet_s=120.0)
+                   idle_samples=2000, redeem=10_000, aged_ledger=300_000, fsync=2000,
+                   snapshot_repeats=3, quiet_s=120.0)
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(short_codes=20_000, revocations=2_000, keys=10, delta_codes=1_000,
                    deltas_timed=3, deltas_spare=150, validate_samples=300, rounds=1,
-                   idle_samples=300, redeem=300, fsync=100, snapshot_repeats=1, quiet_s=0.0)
+                   idle_samples=300, redeem=300, aged_ledger=3000, fsync=100,
+                   snapshot_repeats=1, quiet_s=0.0)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def build(workdir: Path, sizes: Sizes) -> None:
     total = sizes.short_codes + sizes.delta_codes * sizes.deltas_timed + half * sizes.deltas_spare
     specs = _short_specs(rng, total, now)
     snap_specs = specs[: sizes.short_codes]
-    n_validate, n_redeem = 2000, sizes.redeem // 3 + 1
+    n_validate, n_redeem = 2000, 2 * (sizes.redeem // 3 + 1)
     picks = rng.sample(snap_specs, n_validate + n_redeem)
     content = BundleContent(
         site_info={"timezone": "Asia/Shanghai", "rollover_hour": 4},
