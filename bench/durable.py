@@ -4,8 +4,11 @@ the disk's own fsync latency in the same directory, for comparison."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.codesource import KINDS, CodeSource
@@ -54,12 +57,37 @@ def age_ledger(svc: RedemptionService, n: int, days: int = 30) -> None:
     svc.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+@contextmanager
+def background_checkpoints(svc: RedemptionService, period_s: float = 0.2) -> Iterator[None]:
+    """What the daemon's maintenance task does: PASSIVE checkpoints off the lane's thread."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(period_s):
+            svc.ledger.checkpoint("PASSIVE")
+
+    worker = threading.Thread(target=run, name="ledger-checkpoint", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+
+
 def redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int,
            name: str = "redeem") -> None:
+    with background_checkpoints(svc):
+        _redeem(figures, svc, source, n, name)
+
+
+def _redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int,
+            name: str) -> None:
     """Redeem n distinct codes (kinds round-robin) on a counter lane; each call commits.
 
-    In WAL mode only a checkpoint writes the database file itself, so a change of its mtime
-    (checked outside the timed call) marks the redemptions that ran SQLite's auto-checkpoint.
+    Checkpoints run in a background thread (as in the daemon); in WAL mode only a checkpoint
+    writes the database file itself, so a change of its mtime (checked outside the timed call)
+    marks the redemptions that overlapped one.
     """
     per_kind: dict[str, list[float]] = {k: [] for k in KINDS}
     in_order: list[float] = []

@@ -324,13 +324,22 @@ def _read_state(path: Path, anchor: TrustAnchor) -> _State:
         conn.close()
 
 
-def _read_state_conn(conn: sqlite3.Connection, anchor: TrustAnchor | None = None) -> _State:
+def _read_state_conn(
+    conn: sqlite3.Connection,
+    anchor: TrustAnchor | None = None,
+    verified: dict[bytes, KeyCert] | None = None,
+) -> _State:
+    """Read the cache's small tables. Key certificates are verified against the anchor once per
+    distinct certificate (`verified` remembers them across deltas)."""
     meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     certs_raw = [bytes(r[0]) for r in conn.execute("SELECT cert FROM keys")]
     ring: dict[int, list[KeyCert]] = {}
     if anchor is not None:
-        for cert in _parse_certs((c.hex() for c in certs_raw), anchor):
-            ring.setdefault(cert.kid, []).append(cert)
+        known = {} if verified is None else verified
+        for raw in certs_raw:
+            if raw not in known:
+                (known[raw],) = _parse_certs([raw.hex()], anchor)
+            ring.setdefault(known[raw].kid, []).append(known[raw])
     return _State(
         seq=meta["seq"],
         issued_at=meta["issued_at"],
@@ -352,6 +361,7 @@ class CacheView:
     def __init__(self, store: CacheStore, full_check: bool = False) -> None:
         self._store = store
         self._full_check = full_check
+        self._verified: dict[bytes, KeyCert] = {}
         self._conn: sqlite3.Connection | None = None
         self._stamp: tuple[int, int] | None = None
         self._data_version = -1
@@ -386,7 +396,7 @@ class CacheView:
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version or self.state is None:
             self._data_version = version
-            self.state = _read_state_conn(self._conn, self._store.anchor)
+            self.state = _read_state_conn(self._conn, self._store.anchor, self._verified)
             self.lists = {k: CheckInList.from_dict(v) for k, v in self.state.lists.items()}
             info = self.state.site_info
             self.site_clock = SiteClock(info.get("timezone", "UTC"), info.get("rollover_hour", 0))

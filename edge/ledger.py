@@ -44,7 +44,7 @@ LEDGER_SCHEMA = Schema(
             valid_until INTEGER NOT NULL,
             cache_seq INTEGER NOT NULL,
             clock_suspect INTEGER NOT NULL
-        );
+        ) WITHOUT ROWID;
         CREATE INDEX redemptions_by_code ON redemptions (canonical_id, list_id);
         CREATE TABLE outbox (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,6 +59,7 @@ LEDGER_SCHEMA = Schema(
             canonical_id TEXT NOT NULL, shown_at INTEGER NOT NULL, seen_at REAL NOT NULL,
             PRIMARY KEY (canonical_id, shown_at)
         ) WITHOUT ROWID;
+        CREATE INDEX rotating_seen_by_time ON rotating_seen (seen_at);
         CREATE TABLE occupancy (
             zone TEXT NOT NULL, business_day TEXT NOT NULL,
             inside INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,
@@ -69,6 +70,9 @@ LEDGER_SCHEMA = Schema(
 )
 
 LIVE = ("pending", "confirmed")
+# Checkpoints belong off the redeem path (`Ledger.checkpoint`, run by a maintenance task); this
+# automatic one is only a cap on the WAL for a process that never runs maintenance.
+WAL_CAP_PAGES = 16384
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,28 @@ class Ledger:
         self.conn: sqlite3.Connection = open_db(
             path, LEDGER_SCHEMA, create=True, full_check=full_check
         )
-        self.conn.row_factory = None
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
         if self.meta("epoch") is None:
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),)
             )
 
     def close(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.conn.close()
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Copy the WAL into the database from a connection of its own, so a maintenance
+        thread can run it while lanes redeem. PASSIVE never waits for writers; TRUNCATE
+        (when idle) also resets the WAL. Returns SQLite's (busy, wal pages, checkpointed)."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode}")
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+        try:
+            busy, log, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            conn.close()
+        return int(busy), int(log), int(done)
 
     # -- meta -----------------------------------------------------------------------------------
 

@@ -23,8 +23,16 @@ def b32encode(raw: bytes) -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=")
 
 
+# RFC 4648 Base32 digits mapped onto the digits int(..., 32) reads (0-9, a-v).
+_TO_INT32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghijklmnopqrstuv")
+
+
 def b32decode_strict(text: str, max_len: int) -> bytes:
-    """Decode unpadded Base32, folding case; refuse any non-canonical spelling."""
+    """Decode unpadded Base32, folding case; refuse any non-canonical spelling.
+
+    The text is read as one big base-32 number: the canonical spelling is the one whose unused
+    low bits (5 * length - 8 * bytes of them) are zero, which is what re-encoding would give.
+    """
     if len(text) > max_len:
         raise TextDecodeError(f"longer than {max_len} characters")
     if not text.isascii():
@@ -34,10 +42,12 @@ def b32decode_strict(text: str, max_len: int) -> bytes:
         raise TextDecodeError("characters outside the Base32 alphabet")
     if len(folded) % 8 not in _B32_VALID_TAILS:
         raise TextDecodeError("impossible Base32 length")
-    raw = base64.b32decode(folded + "=" * (-len(folded) % 8))
-    if b32encode(raw) != folded:
+    value = int(folded.translate(_TO_INT32), 32)
+    n_bytes = len(folded) * 5 // 8
+    spare = len(folded) * 5 - n_bytes * 8
+    if value & ((1 << spare) - 1):
         raise TextDecodeError("non-canonical Base32 (unused bits set)")
-    return raw
+    return (value >> spare).to_bytes(n_bytes, "big")
 
 
 # Damm's totally anti-symmetric quasigroup of order 10 (H. M. Damm, 2004). With it, one check

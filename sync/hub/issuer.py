@@ -254,20 +254,22 @@ class Hub:
         records: list[tuple[int, Iterable[tuple[Any, ...]]]] = [
             (
                 fmt.SHORT_ADD,
-                [
-                    (
-                        short_code_hash(site_key, s.code),
-                        s.code_id,
-                        s.valid_from,
-                        s.valid_until,
-                        *(s.slot or (0, 0)),
-                        s.entries,
-                        s.persons,
-                        SHORT_KIND_IDS[s.kind],
-                        pidx[s.product],
-                    )
-                    for s in content.short_codes
-                ],
+                sorted(  # in key order, so the box appends to its B-tree instead of splitting it
+                    [
+                        (
+                            short_code_hash(site_key, s.code),
+                            s.code_id,
+                            s.valid_from,
+                            s.valid_until,
+                            *(s.slot or (0, 0)),
+                            s.entries,
+                            s.persons,
+                            SHORT_KIND_IDS[s.kind],
+                            pidx[s.product],
+                        )
+                        for s in content.short_codes
+                    ]
+                ),
             ),
             (
                 fmt.SHORT_REMOVE,
