@@ -122,6 +122,7 @@ def run_scripted_demo(workdir: Path | None = None) -> int:
             r = svc.import_bundle(root / "delta.bundle")
             print(f"4. delta imported: seq {r.seq}, {r.counts['revoke']} revocation\n")
             print("5. decisions at the counter 柜台核销结果:")
+            _line("signed ticket, dry run (validate) 预检", svc.validate(good, "counter"))
             _line("signed ticket, first scan 首次", svc.redeem(good, "counter"))
             _line("same ticket again 再次扫码", svc.redeem(good, "counter"))
             _line("same ticket, Caps Lock (lower case) 小写", svc.redeem(good.lower(), "counter"))
