@@ -19,6 +19,7 @@ from typing import Any
 
 from edge import config as cfgmod
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
+from edge.doctor import render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
 from edge.service import RedemptionService
 from edge.store import WriteLock
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lane", default="counter", help="lane name from the config")
         p.add_argument("--at", help="decision time, ISO 8601 with UTC offset (default: now)")
     box_cmd("status", "cache, ledger, clock and lanes of this box", cmd_status)
+    box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
 
     p = sub.add_parser("demo", help="scripted demo: a hub and a box, every kind of code")
     p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
@@ -233,6 +235,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines.append(f"ledger {st['ledger']['redemptions']}  outbox {st['ledger']['outbox_depth']}")
     _emit(args, st, "\n".join(lines))
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    checks = run_doctor(config.devices)
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "devices": [c.to_json() for c in checks],
+        "ok": all(c.ok for c in checks),
+    }
+    _emit(args, doc, render_table(checks))
+    return EXIT_OK if doc["ok"] else EXIT_DENY
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

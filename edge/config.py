@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.registry import BACKENDS
 from edge.clock import ClockPolicy
 from edge.errors import ConfigError
 from edge.rules import Direction
@@ -44,6 +45,17 @@ class LaneConfig:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """A device: its class (printer, scanner, locker, gate), driver name and transport URL.
+    The driver itself validates the URL's parameters when it is constructed."""
+
+    name: str
+    device_class: str
+    driver: str
+    url: str
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     path: Path
     site: str
@@ -52,6 +64,7 @@ class BoxConfig:
     state_dir: Path
     policy: Policy
     lanes: dict[str, LaneConfig]
+    devices: dict[str, DeviceConfig] = field(default_factory=dict)
 
 
 def locate(config: str | None, home: str | None) -> tuple[Path, Path | None]:
@@ -150,8 +163,24 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
             raise ConfigError(path, f"lanes.{lane_name}.direction", "entry or exit")
         lanes[lane_name] = LaneConfig(lane_name, kind, sec.name("list"), Direction(direction))
         sec.done()
+    devices: dict[str, DeviceConfig] = {}
+    for dev_name, table in root.get("devices", dict, {}).items():
+        sec = _Section(path, f"devices.{dev_name}", table)
+        if not _NAME.fullmatch(dev_name):
+            raise ConfigError(
+                path, f"devices.{dev_name}", "device names: 1-32 of A-Z a-z 0-9 . _ -"
+            )
+        cls = sec.get("class", str, required=True)
+        drivers = BACKENDS.get(cls)
+        if drivers is None:
+            raise ConfigError(path, f"devices.{dev_name}.class", f"one of {', '.join(BACKENDS)}")
+        drv = sec.get("driver", str, required=True)
+        if drv not in drivers:
+            raise ConfigError(path, f"devices.{dev_name}.driver", f"one of {', '.join(drivers)}")
+        devices[dev_name] = DeviceConfig(dev_name, cls, drv, sec.get("url", str, required=True))
+        sec.done()
     root.done()
-    return BoxConfig(path, site, device, anchor, state_dir, policy, lanes)
+    return BoxConfig(path, site, device, anchor, state_dir, policy, lanes, devices)
 
 
 def render_minimal(site: str, device: str, anchor_name: str) -> str:

@@ -1,0 +1,88 @@
+"""`edge doctor`: open each configured device, run its harmless self-test, and say what to do.
+
+A technician on a ladder reads one line per device: pass or fail, what was seen, and a hint
+(permission on /dev/ttyUSB0 -> add the service user to dialout; no reply -> check the board
+address DIP switches and the baud rate). Nothing here moves an actuator or uses paper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from drivers.base import Device, SelfTest
+from drivers.errors import DeviceConfigError, DeviceInitError, DriverError, DriverUnavailable
+from drivers.registry import load
+from edge.config import DeviceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    name: str
+    device_class: str
+    driver: str
+    url: str
+    ok: bool
+    detail: str
+    hint: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_device(dev: DeviceConfig) -> DeviceCheck:
+    """Construct, open, self-test and close one device; never raises for a device fault."""
+    start = time.monotonic()
+    result: SelfTest
+    try:
+        cls = load(dev.name, dev.device_class, dev.driver)
+        device: Device = cls(dev.name, dev.url)
+        try:
+            device.open()
+            result = device.self_test()
+        finally:
+            device.close()
+    except DeviceConfigError as err:
+        result = SelfTest(False, str(err), f"fix `{err.param}` of devices.{dev.name} in edge.toml")
+    except DriverUnavailable as err:
+        result = SelfTest(False, str(err), "install the missing package, then run doctor again")
+    except DeviceInitError as err:
+        result = SelfTest(False, str(err), err.hint or "check the device's cable and address")
+    except DriverError as err:
+        result = SelfTest(False, str(err), "the device answered wrongly: check model and driver")
+    except Exception as err:
+        log.exception("doctor: %s", dev.name)
+        result = SelfTest(False, f"{type(err).__name__}: {err}", "report this to support")
+    return DeviceCheck(
+        dev.name,
+        dev.device_class,
+        dev.driver,
+        dev.url,
+        result.ok,
+        result.detail,
+        result.hint,
+        round(time.monotonic() - start, 3),
+    )
+
+
+def run_doctor(devices: dict[str, DeviceConfig]) -> list[DeviceCheck]:
+    return [check_device(dev) for dev in devices.values()]
+
+
+def render_table(checks: list[DeviceCheck]) -> str:
+    if not checks:
+        return "no devices configured / 未配置设备 ([devices.NAME] in edge.toml)"
+    lines = [f"{'DEVICE 设备':<18} {'CLASS':<8} {'DRIVER':<13} {'RESULT 结果':<11} DETAIL"]
+    for c in checks:
+        verdict = "PASS 正常" if c.ok else "FAIL 故障"
+        lines.append(f"{c.name:<18} {c.device_class:<8} {c.driver:<13} {verdict:<11} {c.detail}")
+        if c.hint:
+            lines.append(f"{'':<52}-> {c.hint}")
+    failed = sum(not c.ok for c in checks)
+    lines.append(f"{len(checks) - failed}/{len(checks)} devices pass / 设备正常")
+    return "\n".join(lines)
