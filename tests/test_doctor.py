@@ -1,0 +1,90 @@
+"""`edge doctor` and the [devices] section of edge.toml, on simulated and missing devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.config import load
+from edge.errors import ConfigError
+from tests.conftest import Box
+
+SIM_DEVICES = """
+[devices.locker0]
+class = "locker"
+driver = "sim"
+url = "sim://?dialect=8a&doors=8"
+
+[devices.gate-in]
+class = "gate"
+driver = "sim"
+url = "sim://"
+
+[devices.kitchen]
+class = "printer"
+driver = "sim"
+url = "sim://"
+
+[devices.counter-scanner]
+class = "scanner"
+driver = "sim"
+url = "sim://"
+"""
+
+BROKEN_DEVICES = """
+[devices.locker9]
+class = "locker"
+driver = "8a"
+url = "/dev/edge/no-such-locker"
+
+[devices.typo]
+class = "locker"
+driver = "8a"
+url = "/dev/ttyUSB0?baud=9600"
+"""
+
+
+def doctor(home: Path) -> tuple[int, dict[str, object]]:
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "doctor", "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_simulated_devices_all_pass(box: Box) -> None:
+    box.config_text(SIM_DEVICES)
+    code, doc = doctor(box.home)
+    devices = doc["devices"]
+    assert isinstance(devices, list)
+    assert [d["name"] for d in devices] == ["locker0", "gate-in", "kitchen", "counter-scanner"]
+    assert all(d["ok"] for d in devices), devices
+    assert code == 0
+
+
+def test_missing_port_and_unknown_parameter_fail_with_hints(box: Box) -> None:
+    box.config_text(BROKEN_DEVICES)
+    code, doc = doctor(box.home)
+    devices = {d["name"]: d for d in doc["devices"]}  # type: ignore[attr-defined]
+    assert code == 3 and doc["ok"] is False
+    missing = devices["locker9"]
+    assert not missing["ok"] and "does not exist" in missing["hint"]
+    typo = devices["typo"]
+    assert not typo["ok"] and "baud" in typo["detail"] and "baud" in typo["hint"]
+
+
+def test_unknown_class_or_driver_is_a_config_error(box: Box) -> None:
+    box.config_text('\n[devices.x]\nclass = "fridge"\ndriver = "sim"\nurl = "sim://"\n')
+    with pytest.raises(ConfigError, match=r"devices\.x\.class"):
+        load(box.home / "edge.toml", box.home)
+    box.config_text('\n[devices.x]\nclass = "locker"\ndriver = "acme"\nurl = "sim://"\n')
+    with pytest.raises(ConfigError, match=r"devices\.x\.driver"):
+        load(box.home / "edge.toml", box.home)
