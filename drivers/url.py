@@ -47,7 +47,10 @@ def parse_url(device: str, url: str, schemes: tuple[str, ...]) -> DeviceUrl:
     if parts.scheme not in schemes:
         raise DeviceConfigError(device, "url", f"scheme must be one of {', '.join(schemes)}")
     target = parts.netloc + parts.path if parts.netloc else parts.path
-    pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as err:
+        raise DeviceConfigError(device, "url", f"bad query string: {err}") from err
     params: dict[str, str] = {}
     for key, value in pairs:
         if key in params:
