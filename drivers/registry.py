@@ -33,7 +33,11 @@ BACKENDS: dict[str, dict[str, str]] = {
     },
 }
 
-EXTRAS = {"evdev": "evdev (pip install evdev)", "camera": "opencv-python-headless and pyzbar"}
+EXTRAS = {
+    "evdev": "the wedge extra (pip install 'edge-gateway[wedge]')",
+    "camera": "opencv-python-headless and pyzbar (and the libzbar0 system package)",
+    "usb": "the usb extra (pip install 'edge-gateway[usb]')",
+}
 
 
 def load(device: str, device_class: str, driver: str) -> type:

@@ -1,0 +1,124 @@
+"""Each fault knob of the simulated printer, and what the caller sees."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from drivers.errors import DeviceTimeout
+from drivers.printer import PrinterNotReady
+from drivers.printer.job import JobBuilder
+from drivers.printer.simstate import SimKnobs
+from tests.drivers_printer.conftest import Make, wait_until
+
+JOB = JobBuilder("t").text("第一行").text("第二行").text("第三行").text("第四行").cut().build()
+FAULT_KINDS = ("sim-tcp", "escpos-serial")
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_paper_out_job_refused_and_not_sent(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, paper="out")
+    st = rig.printer.status()
+    assert st.paper_out and not st.online and not st.ready
+    with pytest.raises(PrinterNotReady) as err:
+        rig.printer.print_job(JOB)
+    assert err.value.status.paper_out and err.value.sent is False
+    assert "缺纸" in err.value.hint
+    check = rig.printer.self_test()
+    assert not check.ok and check.hint == "paper out / 缺纸: load paper"
+    rig.machine.load_paper()
+    assert rig.machine.lines == []  # nothing was queued behind the fault
+    rig.printer.print_job(JOB)
+    assert len(rig.machine.lines) == 4
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_paper_near_end_prints_with_a_warning(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, paper="near-end")
+    result = rig.printer.print_job(JOB)
+    assert result.warnings == ("paper near end",) and result.after.paper_near_end
+    assert len(rig.machine.lines) == 4
+    check = rig.printer.self_test()
+    assert check.ok and "纸将尽" in check.hint
+
+
+@pytest.mark.parametrize(
+    ("knob", "field", "word"),
+    [({"cover": "open"}, "cover_open", "纸仓盖"), ({"cutter": "error"}, "cutter_error", "切刀")],
+)
+def test_cover_open_and_cutter_error_refuse_the_job(
+    make_printer: Make, knob: dict[str, str], field: str, word: str
+) -> None:
+    rig = make_printer("sim-tcp", **knob)
+    with pytest.raises(PrinterNotReady) as err:
+        rig.printer.print_job(JOB)
+    assert getattr(err.value.status, field) and not err.value.sent
+    assert word in rig.printer.self_test().hint
+    assert rig.machine.lines == []
+
+
+def test_cutter_jam_during_the_job_is_not_counted_printed(make_printer: Make) -> None:
+    rig = make_printer("escpos-tcp", cutter="jam")
+    with pytest.raises(PrinterNotReady) as err:
+        rig.printer.print_job(JOB)
+    assert err.value.sent and err.value.status.cutter_error  # printed, then the knife jammed
+    assert len(rig.machine.lines) == 4
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_paper_runs_out_mid_job(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, paper_lines=2)
+    start = time.monotonic()
+    with pytest.raises(PrinterNotReady) as err:
+        rig.printer.print_job(JOB)
+    # Seen by a status poll while waiting for the end of the job (one 1 s quiet slice), not
+    # after job_timeout (30 s).
+    assert time.monotonic() - start < 3.0
+    assert err.value.sent and err.value.status.paper_out
+    assert rig.machine.text == ["第一行", "第二行"]
+    rig.machine.load_paper()  # the printer finishes what it held, as a real one does
+    assert rig.machine.text[2:] == ["第三行", "第四行"] and rig.machine.cuts == [True]
+    assert rig.printer.status().ready
+
+
+@pytest.mark.parametrize("kind", ["sim-tcp", "escpos-serial", "escpos-file"])
+def test_no_reply_times_out_and_releases_the_port(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, reply="none", timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(DeviceTimeout):
+        rig.printer.status()
+    with pytest.raises(DeviceTimeout):
+        rig.printer.print_job(JOB)
+    assert time.monotonic() - start < 1.5
+    assert rig.machine.lines == []  # nothing sent: the status before the job never came
+    check = rig.printer.self_test()
+    assert not check.ok and "no reply" in check.hint
+    if "tcp" in kind:
+        assert "9100" in check.hint
+        assert rig.server.connections == 1
+        rig.printer.close()
+        assert wait_until(lambda: rig.server.connections == 0)
+    else:
+        rig.printer.close()
+        rig.printer.open()  # the port was released, so it opens again
+        rig.printer.close()
+
+
+@pytest.mark.parametrize("kind", ["sim-tcp", "sim-pty"])
+def test_slow_split_replies_are_reassembled(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, delay=0.15, split=True, timeout=1.0)
+    assert rig.printer.status().ready
+    rig.printer.print_job(JOB)
+    assert len(rig.machine.lines) == 4
+
+
+@pytest.mark.parametrize("kind", ["sim-tcp", "escpos-serial"])
+def test_a_late_reply_is_not_taken_for_the_next_one(make_printer: Make, kind: str) -> None:
+    rig = make_printer(kind, paper="out", delay=0.5, timeout=0.2)
+    with pytest.raises(DeviceTimeout):
+        rig.printer.status()
+    time.sleep(0.45)  # the late "paper out" reply arrives now
+    rig.server.set_knobs(SimKnobs())
+    rig.machine.load_paper()
+    assert rig.printer.status().ready  # stale input was dropped before asking again
