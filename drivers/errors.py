@@ -31,6 +31,7 @@ class DeviceInitError(DriverError):
     """The device could not be opened (missing port, permission, nothing listening)."""
 
     def __init__(self, device: str, message: str, hint: str = "") -> None:
+        self.message = message
         self.hint = hint
         super().__init__(device, f"{message}{'; ' + hint if hint else ''}")
 

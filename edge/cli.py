@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lane", default="counter", help="lane name from the config")
         p.add_argument("--at", help="decision time, ISO 8601 with UTC offset (default: now)")
     box_cmd("status", "cache, ledger, clock and lanes of this box", cmd_status)
-    box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
+    p = box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
+    p.add_argument("--test-page", action="store_true", help="printers also print a test page")
 
     p = sub.add_parser("demo", help="scripted demo: a hub and a box, every kind of code")
     p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
@@ -239,7 +240,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    checks = run_doctor(config.devices)
+    checks = run_doctor(config.devices, test_page=args.test_page)
     doc = {
         "schema": SCHEMA_VERSION,
         "devices": [c.to_json() for c in checks],

@@ -14,6 +14,7 @@ from typing import Any
 
 from drivers.base import Device, SelfTest
 from drivers.errors import DeviceConfigError, DeviceInitError, DriverError, DriverUnavailable
+from drivers.printer import Printer
 from drivers.registry import load
 from edge.config import DeviceConfig
 
@@ -35,8 +36,9 @@ class DeviceCheck:
         return asdict(self)
 
 
-def check_device(dev: DeviceConfig) -> DeviceCheck:
-    """Construct, open, self-test and close one device; never raises for a device fault."""
+def check_device(dev: DeviceConfig, test_page: bool = False) -> DeviceCheck:
+    """Construct, open, self-test and close one device; never raises for a device fault.
+    With `test_page`, a printer that passes also prints its test page (uses paper)."""
     start = time.monotonic()
     result: SelfTest
     try:
@@ -45,6 +47,9 @@ def check_device(dev: DeviceConfig) -> DeviceCheck:
         try:
             device.open()
             result = device.self_test()
+            if result.ok and test_page and isinstance(device, Printer):
+                printed = device.test_page()
+                result = SelfTest(True, f"{result.detail}; test page printed ({printed})")
         finally:
             device.close()
     except DeviceConfigError as err:
@@ -52,7 +57,7 @@ def check_device(dev: DeviceConfig) -> DeviceCheck:
     except DriverUnavailable as err:
         result = SelfTest(False, str(err), "install the missing package, then run doctor again")
     except DeviceInitError as err:
-        result = SelfTest(False, str(err), err.hint or "check the device's cable and address")
+        result = SelfTest(False, err.message, err.hint or "check the device's cable and address")
     except DriverError as err:
         result = SelfTest(False, str(err), "the device answered wrongly: check model and driver")
     except Exception as err:
@@ -70,8 +75,8 @@ def check_device(dev: DeviceConfig) -> DeviceCheck:
     )
 
 
-def run_doctor(devices: dict[str, DeviceConfig]) -> list[DeviceCheck]:
-    return [check_device(dev) for dev in devices.values()]
+def run_doctor(devices: dict[str, DeviceConfig], test_page: bool = False) -> list[DeviceCheck]:
+    return [check_device(dev, test_page) for dev in devices.values()]
 
 
 def render_table(checks: list[DeviceCheck]) -> str:

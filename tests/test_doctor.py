@@ -49,9 +49,9 @@ url = "/dev/ttyUSB0?baud=9600"
 """
 
 
-def doctor(home: Path) -> tuple[int, dict[str, object]]:
+def doctor(home: Path, *extra: str) -> tuple[int, dict[str, object]]:
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "doctor", "--home", str(home), "--json"],
+        [sys.executable, "-m", "edge.cli", "doctor", "--home", str(home), "--json", *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -68,6 +68,16 @@ def test_simulated_devices_all_pass(box: Box) -> None:
     assert [d["name"] for d in devices] == ["locker0", "gate-in", "kitchen", "counter-scanner"]
     assert all(d["ok"] for d in devices), devices
     assert code == 0
+
+
+def test_test_page_is_printed_only_when_asked(box: Box) -> None:
+    box.config_text(SIM_DEVICES)
+    code, doc = doctor(box.home, "--test-page")
+    kitchen = next(d for d in doc["devices"] if d["name"] == "kitchen")  # type: ignore[attr-defined]
+    assert code == 0 and "test page printed" in kitchen["detail"]
+    _, doc = doctor(box.home)
+    kitchen = next(d for d in doc["devices"] if d["name"] == "kitchen")  # type: ignore[attr-defined]
+    assert "test page" not in kitchen["detail"]
 
 
 def test_missing_port_and_unknown_parameter_fail_with_hints(box: Box) -> None:
