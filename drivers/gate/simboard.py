@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from drivers.gate import lcus
@@ -72,7 +73,7 @@ class Turnstile:
         return out
 
 
-class _Board:
+class _Board(ABC):
     """Common to both boards: the pty, the turnstile, the record of what came over the wire."""
 
     def __init__(self, turnstile: Turnstile | None, name: str) -> None:
@@ -84,8 +85,9 @@ class _Board:
         self.dev = PtyDevice(self._on_bytes, name=name)
         self.path = self.dev.path
 
+    @abstractmethod
     def _on_bytes(self, data: bytes) -> bytes:
-        raise NotImplementedError
+        """Handle bytes from the driver; return the reply to write back."""
 
     def close(self) -> None:
         self.dev.close()
