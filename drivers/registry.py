@@ -24,6 +24,7 @@ BACKENDS: dict[str, dict[str, str]] = {
     "locker": {
         "8a": "drivers.locker.board8a:Board8A",
         "cu16": "drivers.locker.kerong:KerongCU16",
+        "cu48": "drivers.locker.kerong:KerongCU48",
         "sim": "drivers.locker.sim:SimLocker",
     },
     "gate": {

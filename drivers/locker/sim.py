@@ -6,12 +6,15 @@ the real codec and the real port handling. Driver options (board, doors, channel
 timeout, local_echo, confirm_timeout, confirm_interval, settle) pass through; the rest are the
 board's knobs: `sim_board` (the address the board answers to, default `board`: set it apart to see a
 wrong DIP address), `no_reply`, `bad_checksum`, `split`, `delay_ms`, `echo`, `stuck` and `items`
-(comma-separated doors).
+(comma-separated doors). With `dialect=cu48` the board is a SimKerongCU48 driven by KerongCU48:
+`firmware=a|b` picks the board's firmware dialect (default a) and the driver detects it at open();
+`detect=false` tells the driver the firmware's dialect instead (no detection queries).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 from typing_extensions import override
@@ -19,16 +22,23 @@ from typing_extensions import override
 from drivers.errors import DeviceConfigError, DeviceOperationError
 from drivers.locker import DoorState, Locker, LockerOptions
 from drivers.locker.board8a import Board8A
-from drivers.locker.kerong import KerongCU16
+from drivers.locker.kerong import KerongCU16, KerongCU48
 from drivers.locker.serial_board import SerialBoard
-from drivers.locker.sim_boards import Faults, SimBoard, SimBoard8A, SimKerongCU16
+from drivers.locker.sim_boards import (
+    Faults,
+    SimBoard,
+    SimBoard8A,
+    SimKerongCU16,
+    SimKerongCU48,
+)
 from drivers.url import options, parse_url
 
-__all__ = ["SimBoard", "SimBoard8A", "SimKerongCU16", "SimLocker"]
+__all__ = ["SimBoard", "SimBoard8A", "SimKerongCU16", "SimKerongCU48", "SimLocker"]
 
 DIALECTS: dict[str, tuple[type[SerialBoard], type[SimBoard]]] = {
     "8a": (Board8A, SimBoard8A),
     "cu16": (KerongCU16, SimKerongCU16),
+    "cu48": (KerongCU48, SimKerongCU48),
 }
 PASS_THROUGH = (
     "board",
@@ -64,6 +74,8 @@ class SimOptions:
     echo: bool = False
     stuck: str = ""
     items: str = ""
+    firmware: str = field(default="a", metadata={"choices": ("a", "b")})  # cu48 only
+    detect: bool = True  # cu48 only: False passes dialect=<firmware> to the driver
 
 
 def _doors(device: str, param: str, text: str, doors: int) -> tuple[int, ...]:
@@ -86,6 +98,8 @@ class SimLocker(Locker):
         self.sim = options(name, SimOptions, parsed.params)
         driver_cls, self._board_cls = DIALECTS[self.sim.dialect]
         given = {k: getattr(self.sim, k) for k in PASS_THROUGH if getattr(self.sim, k) is not None}
+        if driver_cls is KerongCU48 and not self.sim.detect:
+            given["dialect"] = self.sim.firmware
         self._query = urlencode(
             {k: str(v).lower() if isinstance(v, bool) else v for k, v in given.items()}
         )
@@ -103,15 +117,19 @@ class SimLocker(Locker):
             return
         o, s = self.options, self.sim
         faults = Faults(s.no_reply, s.bad_checksum, s.split, s.delay_ms, s.echo)
-        self._board = self._board_cls(
-            board=o.board if s.sim_board is None else s.sim_board,
-            doors=o.doors,
-            channel_base=o.channel_base,
-            open_bit=o.open_bit,
-            faults=faults,
-            stuck=self._stuck,
-            items=self._items,
-        )
+        knobs: dict[str, Any] = {
+            "board": o.board if s.sim_board is None else s.sim_board,
+            "doors": o.doors,
+            "channel_base": o.channel_base,
+            "open_bit": o.open_bit,
+            "faults": faults,
+            "stuck": self._stuck,
+            "items": self._items,
+        }
+        if self._board_cls is SimKerongCU48:
+            self._board = SimKerongCU48(firmware=s.firmware, **knobs)
+        else:
+            self._board = self._board_cls(**knobs)
         try:
             driver = self._driver_cls(self.name, f"serial://{self._board.path}?{self._query}")
             driver.open()

@@ -13,13 +13,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from drivers.locker import FrameError
 from drivers.locker import codec_8a as c8a
+from drivers.locker import codec_cu48 as c48
 from drivers.locker import codec_kerong as ckr
 from drivers.pty import PtyDevice
 
-REQUEST_LEN = 5  # every request both dialects use here is 5 bytes
 SPLIT_GAP = 0.003  # seconds between the pieces of a split reply
 
 
@@ -36,6 +37,7 @@ class SimBoard(ABC):
     default_board: int
     default_doors: int
     default_channel_base: int
+    request_len: ClassVar[int] = 5  # the 8A and CU16 requests used here are all 5 bytes
 
     def __init__(
         self,
@@ -114,14 +116,14 @@ class SimBoard(ABC):
         now = time.perf_counter()
         out = bytearray(data if self.faults.echo else b"")
         self._buf += data
-        while len(self._buf) >= REQUEST_LEN:
-            frame = bytes(self._buf[:REQUEST_LEN])
+        while len(self._buf) >= self.request_len:
+            frame = bytes(self._buf[: self.request_len])
             try:
                 reply = self._handle(frame)
             except FrameError:
                 del self._buf[:1]  # resynchronise on the next byte, as a board does
                 continue
-            del self._buf[:REQUEST_LEN]
+            del self._buf[: self.request_len]
             self.frames.append((now, frame))
             if reply and not self.faults.no_reply:
                 if self.faults.bad_checksum:
@@ -218,3 +220,42 @@ class SimKerongCU16(SimBoard):
 
     def _is_unlock(self, frame: bytes) -> bool:
         return frame[2] == ckr.CMD_UNLOCK
+
+
+class SimKerongCU48(SimBoard):
+    """A Kerong CU48 speaking one firmware dialect ("a" or "b"): its open is unanswered, its
+    status query is answered, and the other dialect's commands get silence (what detection
+    relies on; a real board's reaction to them is not documented)."""
+
+    default_board = 0
+    default_doors = 48
+    default_channel_base = 0
+    request_len = c48.REQUEST_LEN
+
+    def __init__(self, *, firmware: str = "a", **kwargs: Any) -> None:
+        self.dialect = c48.DIALECTS[firmware]
+        super().__init__(**kwargs)
+
+    def _handle(self, frame: bytes) -> bytes | None:
+        req = c48.decode_request(frame)
+        if req.board != self.board:
+            return None
+        if req.cmd == self.dialect.unlock:
+            door = self._door(req.lock)
+            if door is not None:
+                self._unlock(door)
+            return None
+        if req.cmd == self.dialect.query:
+            locks = sensors = 0
+            with self._lock:
+                present = set(self._items)
+            for door in range(1, self.doors + 1):
+                bit = door - 1 + self.channel_base
+                locks |= int(self._signal(door)) << bit
+                sensors |= int(door in present) << bit
+            return c48.encode_status(self.dialect, self.board, locks, sensors)
+        return None
+
+    def _is_unlock(self, frame: bytes) -> bool:
+        # Either dialect's open counts: a driver in the wrong dialect must still show up.
+        return frame[3] in (c48.A.unlock, c48.B.unlock)

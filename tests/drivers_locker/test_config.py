@@ -10,13 +10,14 @@ from drivers import registry
 from drivers.errors import DeviceConfigError, DeviceInitError
 from drivers.locker import Locker
 from drivers.locker.board8a import Board8A
-from drivers.locker.kerong import KerongCU16
+from drivers.locker.kerong import KerongCU16, KerongCU48
 from drivers.locker.sim import SimLocker
 
 
 def test_registry_names_the_locker_drivers() -> None:
     assert registry.load("l", "locker", "8a") is Board8A
     assert registry.load("l", "locker", "cu16") is KerongCU16
+    assert registry.load("l", "locker", "cu48") is KerongCU48
     assert registry.load("l", "locker", "sim") is SimLocker
 
 
@@ -27,6 +28,8 @@ def test_defaults_follow_each_board() -> None:
     assert (k.board, k.doors, k.channel_base, k.baudrate) == (0, 16, 0, 19200)
     s = SimLocker("l", "sim://?dialect=cu16").options
     assert (s.board, s.doors, s.baudrate) == (0, 16, 19200)
+    c = KerongCU48("l", "serial:///dev/ttyUSB0").options
+    assert (c.board, c.doors, c.channel_base, c.baudrate, c.dialect) == (0, 48, 0, 19200, "auto")
 
 
 def test_options_parse_from_the_url() -> None:
@@ -47,7 +50,11 @@ def test_options_parse_from_the_url() -> None:
         (KerongCU16, "/dev/ttyUSB0?board=16", "board"),
         (KerongCU16, "/dev/ttyUSB0?doors=17", "doors"),
         (KerongCU16, "/dev/ttyUSB0?channel_base=1&doors=16", "doors"),
-        (SimLocker, "sim://?dialect=cu48", "dialect"),
+        (SimLocker, "sim://?dialect=cu64", "dialect"),
+        (SimLocker, "sim://?dialect=cu48&firmware=c", "firmware"),
+        (KerongCU48, "/dev/ttyUSB0?dialect=c", "dialect"),
+        (KerongCU48, "/dev/ttyUSB0?doors=49", "doors"),
+        (KerongCU48, "/dev/ttyUSB0?channel_base=1&doors=48", "doors"),
         (SimLocker, "sim://?stuck=a,b", "stuck"),
         (SimLocker, "sim://?doors=8&items=9", "items"),
         (SimLocker, "sim://?dialect=cu16&board=20", "board"),
@@ -81,7 +88,7 @@ HW_DRIVER = os.environ.get("EDGE_HW_LOCKER_DRIVER", "8a")
 
 
 def test_real_board_status_query() -> None:
-    """Opt-in: EDGE_HW_LOCKER_URL=/dev/ttyUSB0?board=1 [EDGE_HW_LOCKER_DRIVER=8a|cu16].
+    """Opt-in: EDGE_HW_LOCKER_URL=/dev/ttyUSB0?board=1 [EDGE_HW_LOCKER_DRIVER=8a|cu16|cu48].
     Only queries status; no door opens."""
     if not HW_URL:
         pytest.skip("set EDGE_HW_LOCKER_URL to test a real lock board")

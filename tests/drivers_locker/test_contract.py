@@ -36,9 +36,10 @@ def test_open_door_opens_and_confirms(r: Rig) -> None:
     assert len(r.board.unlocks()) == 1
 
 
-def test_door_one_unlock_is_the_protocol_vector(r: Rig) -> None:
-    r.locker.open_door(1)
-    assert r.board.unlocks() == [r.door1_unlock]
+def test_unlock_on_the_wire_is_the_protocol_vector(r: Rig) -> None:
+    door, frame = r.vector
+    r.locker.open_door(door)
+    assert r.board.unlocks() == [frame]
 
 
 def test_last_door_maps_to_the_last_channel(r: Rig) -> None:

@@ -16,16 +16,23 @@ from drivers.locker.sim import SimBoard8A, SimLocker
 from drivers.locker.sim_boards import Faults
 
 FAST = "doors=8&timeout=0.2&confirm_timeout=0.2&confirm_interval=0.05"
-DIALECTS = ("8a", "cu16")
+# CU48 with its dialect given: a faulty board would fail detection at open() (test_cu48.py),
+# and these tests are about what the caller sees afterwards.
+DIALECTS = {
+    "8a": "dialect=8a",
+    "cu16": "dialect=cu16",
+    "cu48-a": "dialect=cu48&firmware=a&detect=false",
+    "cu48-b": "dialect=cu48&firmware=b&detect=false",
+}
 
 
 @pytest.fixture(params=DIALECTS)
 def dialect(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return DIALECTS[request.param]
 
 
 def sim(dialect: str, knobs: str) -> SimLocker:
-    return SimLocker("locker-1", f"sim://?dialect={dialect}&{FAST}&{knobs}")
+    return SimLocker("locker-1", f"sim://?{dialect}&{FAST}&{knobs}")
 
 
 @contextmanager
