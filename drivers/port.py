@@ -8,6 +8,7 @@ Open failures become DeviceInitError with a hint a technician can act on.
 from __future__ import annotations
 
 import errno
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,11 @@ from collections.abc import Callable
 import serial
 
 from drivers.errors import DeviceInitError, DeviceOperationError, DeviceTimeout
+
+# What pyserial lets escape from I/O on a port that went away: a USB adapter unplugged mid-call
+# hangs the tty up, and tcflush (reset_input_buffer) then raises termios.error, which is neither
+# a SerialException nor an OSError.
+SERIAL_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
 
 
 def open_hint(err: BaseException, url: str) -> str:
@@ -98,5 +104,9 @@ class SerialPort:
                     self._ser.timeout = min(left, 0.05)
                     chunk = self._ser.read(self._ser.in_waiting or 1)
                     buf += chunk
-            except serial.SerialException as err:
-                raise DeviceOperationError(self.device, f"serial I/O failed: {err}") from err
+            except DeviceTimeout:
+                raise
+            except SERIAL_ERRORS as err:
+                raise DeviceOperationError(
+                    self.device, f"serial I/O failed (adapter unplugged?): {err}"
+                ) from err

@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 import serial
 
 from drivers.errors import DeviceInitError, DeviceOperationError, DeviceTimeout, DriverUnavailable
-from drivers.port import SerialPort, open_hint
+from drivers.port import SERIAL_ERRORS, SerialPort, open_hint
 
 TCP_HINT = "no reply: check the printer's IP and that port 9100 is open (ping it; self-test page)"
 
@@ -103,7 +103,7 @@ class SerialTransport:
             self._ser.flush()
         except serial.SerialTimeoutException as err:
             raise DeviceTimeout(self.device, "printer stopped taking data (flow control?)") from err
-        except serial.SerialException as err:
+        except SERIAL_ERRORS as err:
             raise DeviceOperationError(self.device, f"serial write failed: {err}") from err
 
     def read(self, timeout: float) -> bytes:
@@ -111,11 +111,14 @@ class SerialTransport:
         try:
             first: bytes = self._ser.read(1)
             return first + (self._ser.read(self._ser.in_waiting) if first else b"")
-        except serial.SerialException as err:
+        except SERIAL_ERRORS as err:
             raise DeviceOperationError(self.device, f"serial read failed: {err}") from err
 
     def drain(self) -> None:
-        self._ser.reset_input_buffer()
+        try:
+            self._ser.reset_input_buffer()
+        except SERIAL_ERRORS as err:
+            raise DeviceOperationError(self.device, f"serial port gone: {err}") from err
 
     def close(self) -> None:
         self._port.close()

@@ -26,7 +26,7 @@ from drivers.url import options, parse_url
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("serial", "socket", "loop", "rfc2217", "spy")
+SCHEMES = ("serial", "socket", "loop", "spy")
 # AIM code id letter -> zbar-style symbology name (AIM ISS "Symbology Identifiers").
 AIM = {
     "A": "CODE39", "C": "CODE128", "E": "EAN13", "I": "I25", "L": "PDF417",
