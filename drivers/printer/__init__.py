@@ -111,8 +111,24 @@ class Printer(Device):
         )
 
     def status(self) -> PrinterStatus:
-        self._drain()
-        return self._poll_status()[0]
+        """DLE EOT 1-4. A dropped connection (a printer that closed an idle 9100 socket or was
+        power-cycled) is reopened once: a status query is safe to repeat, and a job is only
+        sent after this status says the printer is ready."""
+        try:
+            self._drain()
+            return self._poll_status()[0]
+        except DeviceTimeout:
+            raise
+        except DeviceOperationError as err:
+            if not self._reconnect():
+                raise
+            log.warning("printer %s: connection lost (%s); reconnected", self.name, err)
+            self._drain()
+            return self._poll_status()[0]
+
+    def _reconnect(self) -> bool:
+        """Reopen a lost link, if the transport can (TCP); returns whether it did."""
+        return False
 
     def print_job(self, job: Job) -> JobResult:
         data = self.render(job)

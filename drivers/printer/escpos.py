@@ -92,6 +92,14 @@ class EscposPrinter(Printer):
             )
 
     @override
+    def _reconnect(self) -> bool:
+        if self.target.scheme != "tcp" or self._transport is None:
+            return False
+        self.close()
+        self.open()
+        return True
+
+    @override
     def close(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:

@@ -42,6 +42,13 @@ class SimPrinterServer:
         with self._send_lock:
             return len(self._conns)
 
+    def drop_connections(self) -> None:
+        """Close every client socket, as a printer does after an idle timeout or a reboot."""
+        with self._send_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
     def set_knobs(self, knobs: SimKnobs) -> None:
         """Change the reply knobs (delay, split, reply) of a running printer."""
         with self.machine.lock:

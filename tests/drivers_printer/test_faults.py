@@ -122,3 +122,15 @@ def test_a_late_reply_is_not_taken_for_the_next_one(make_printer: Make, kind: st
     rig.server.set_knobs(SimKnobs())
     rig.machine.load_paper()
     assert rig.printer.status().ready  # stale input was dropped before asking again
+
+
+def test_dropped_tcp_connection_is_reopened_before_the_next_job(make_printer: Make) -> None:
+    """Printers close an idle port 9100 socket (or reboot); the next job reconnects once,
+    because nothing of it has been sent until a status poll says the printer is ready."""
+    rig = make_printer("escpos-tcp")
+    rig.printer.print_job(JOB)
+    rig.server.drop_connections()
+    time.sleep(0.05)
+    rig.printer.print_job(JOB)
+    assert len(rig.machine.lines) == 8 and rig.server.accepted == 2
+    assert rig.printer.self_test().ok
