@@ -5,6 +5,8 @@ The query-all reply carries one bit per channel, grouped in bytes with the HIGHE
 (`80 01 [17-24] [9-16] [1-8] 33 BCC`); bit 0 of the last group is channel 1. Boards with up to 24
 channels still send three group bytes. The status byte of a single-lock reply is 0x11 or 0x00;
 here it is the "signal" bit (0x11 -> 1) and the driver maps it to open/closed by polarity.
+Some boards also send an unsolicited report `82 BOARD LOCK ST BCC` when a door changes; one can
+land on the bus just before the reply to our request, so `report_len` lets the driver skip it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from drivers.locker import FrameError
 
 UNLOCK = 0x8A
 QUERY = 0x80
+REPORT = 0x82
 UNLOCK_CMD = 0x11
 QUERY_CMD = 0x33
 SIGNAL_ON = 0x11
@@ -129,3 +132,28 @@ def decode_status(frame: bytes) -> Status:
 def status_reply_len(lock: int, channels: int) -> int:
     """Length of the reply to `encode_query(board, lock)` on a board with `channels` channels."""
     return 5 if lock else 4 + groups(channels)
+
+
+def encode_report(board: int, lock: int, signal: bool) -> bytes:
+    """The board's unsolicited report that `lock`'s signal changed (the simulator's side)."""
+    return _frame(REPORT, board, lock, SIGNAL_ON if signal else SIGNAL_OFF)
+
+
+def report_len(buf: bytes | bytearray) -> int | None:
+    """5 when `buf` starts with a complete, valid unsolicited report; 0 when it does not start
+    with one; None while fewer than 5 bytes after a 0x82 leave it undecided."""
+    if not buf or buf[0] != REPORT:
+        return 0
+    if len(buf) < 5:
+        return None
+    frame = bytes(buf[:5])
+    valid = bcc(frame[:-1]) == frame[-1] and frame[3] in (SIGNAL_ON, SIGNAL_OFF)
+    return 5 if valid else 0
+
+
+def decode_report(frame: bytes) -> Status:
+    """`82 BOARD LOCK ST BCC` (bits: the lock's signal)."""
+    _check(frame, REPORT)
+    if len(frame) != 5:
+        raise FrameError(f"report length {len(frame)}: {frame.hex(' ')}")
+    return Status(frame[1], frame[2], int(_signal(frame)), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -15,8 +16,10 @@ from drivers.locker import DoorState, FrameError, Locker, LockerOptions
 from drivers.port import SerialPort
 from drivers.url import options, parse_url
 
+log = logging.getLogger(__name__)
+
 # Anything serial.serial_for_url opens; `spy://` is left out because its query is pyserial's.
-SCHEMES = ("serial", "socket", "rfc2217", "loop")
+SCHEMES = ("serial", "socket", "loop")
 T = TypeVar("T")
 SHARED_BUS_HINT = (
     "boards on one RS485 bus must share baudrate and local_echo / 同一485总线上的锁控板波特率需一致"
@@ -136,12 +139,45 @@ class SerialBoard(Locker):
         return door - 1 + self.options.channel_base
 
     def exchange(self, request: bytes, reply_len: int) -> bytes:
-        """Send `request`, read a reply of exactly `reply_len` bytes (frames carry no length)."""
-        return self.port.transact(
-            request,
-            lambda buf: reply_len if len(buf) >= reply_len else None,
-            timeout=self.options.timeout,
-        )
+        """Send `request`, read a reply of exactly `reply_len` bytes (frames carry no length).
+
+        Complete unsolicited frames the board may send ahead of the reply (`unsolicited_len`)
+        are skipped and handed to `on_unsolicited`, so they are not taken for the reply."""
+
+        def frame_len(buf: bytearray) -> int | None:
+            start = self._unsolicited_prefix(buf)
+            if start is None or len(buf) < start + reply_len:
+                return None
+            return start + reply_len
+
+        raw = self.port.transact(request, frame_len, timeout=self.options.timeout)
+        start = self._unsolicited_prefix(raw) or 0  # decided on these same bytes above
+        at = 0
+        while at < start:
+            n = self.unsolicited_len(raw[at:]) or start - at
+            self.on_unsolicited(raw[at : at + n])
+            at += n
+        return raw[start:]
+
+    def _unsolicited_prefix(self, buf: bytes | bytearray) -> int | None:
+        """Bytes of complete unsolicited frames at the start of `buf`; None: undecided yet."""
+        at = 0
+        while True:
+            n = self.unsolicited_len(buf[at:])
+            if n is None:
+                return None
+            if n == 0:
+                return at
+            at += n
+
+    def unsolicited_len(self, buf: bytes | bytearray) -> int | None:
+        """Length of a complete unsolicited frame at the start of `buf`, 0 when there is none,
+        None while more bytes are needed to tell. Boards that never speak unasked: 0."""
+        return 0
+
+    def on_unsolicited(self, frame: bytes) -> None:
+        """An unsolicited frame skipped before a reply."""
+        log.info("%s: unsolicited frame %s", self.name, frame.hex(" "))
 
     def decode(self, fn: Callable[[bytes], T], frame: bytes) -> T:
         try:

@@ -9,6 +9,10 @@ wrong DIP address), `no_reply`, `bad_checksum`, `split`, `delay_ms`, `echo`, `st
 (comma-separated doors). With `dialect=cu48` the board is a SimKerongCU48 driven by KerongCU48:
 `firmware=a|b` picks the board's firmware dialect (default a) and the driver detects it at open();
 `detect=false` tells the driver the firmware's dialect instead (no detection queries).
+8A only: `channels` passes through to the driver; `sim_channels` is the board's own channel
+count (default: what the driver is told; set it above to see a board with more channels than
+`channels`/`doors` says); `report_door` makes the board send its unsolicited `82` report of that
+door ahead of every reply.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ PASS_THROUGH = (
     "confirm_timeout",
     "confirm_interval",
     "settle",
+    "channels",
 )
 
 
@@ -66,7 +71,10 @@ class SimOptions:
     confirm_timeout: float = 1.0
     confirm_interval: float = 0.05
     settle: float | None = None
+    channels: int | None = None  # 8a only
     sim_board: int | None = None
+    sim_channels: int | None = None  # 8a only
+    report_door: int | None = None  # 8a only
     no_reply: bool = False
     bad_checksum: bool = False
     split: bool = False
@@ -105,9 +113,25 @@ class SimLocker(Locker):
         )
         # Validate now (a bad option fails at start-up), open the real driver later on the pty.
         self._driver_cls = driver_cls
-        self.options: LockerOptions = driver_cls(name, f"loop://?{self._query}").options
+        probe = driver_cls(name, f"loop://?{self._query}")
+        self.options: LockerOptions = probe.options
         self._stuck = _doors(name, "stuck", self.sim.stuck, self.options.doors)
         self._items = _doors(name, "items", self.sim.items, self.options.doors)
+        self._board_knobs: dict[str, Any] = {}
+        if isinstance(probe, Board8A):
+            board_channels = self.sim.sim_channels
+            if board_channels is None:
+                board_channels = probe.channels
+            last = probe.wire(self.options.doors)
+            if not last <= board_channels <= probe.max_channel:
+                raise DeviceConfigError(name, "sim_channels", f"{last}..{probe.max_channel}")
+            self._board_knobs["channels"] = board_channels
+            if self.sim.report_door is not None:
+                self._board_knobs["report_door"] = _doors(
+                    name, "report_door", str(self.sim.report_door), self.options.doors
+                )[0]
+        elif self.sim.sim_channels is not None or self.sim.report_door is not None:
+            raise DeviceConfigError(name, "sim_channels/report_door", "only with dialect=8a")
         self._board: SimBoard | None = None
         self._driver: SerialBoard | None = None
 
@@ -125,6 +149,7 @@ class SimLocker(Locker):
             "faults": faults,
             "stuck": self._stuck,
             "items": self._items,
+            **self._board_knobs,
         }
         if self._board_cls is SimKerongCU48:
             self._board = SimKerongCU48(firmware=s.firmware, **knobs)

@@ -152,13 +152,47 @@ class SimBoard(ABC):
 
 
 class SimBoard8A(SimBoard):
-    """An 8A/80 board: answers unlocks and queries addressed to it, silent otherwise."""
+    """An 8A/80 board: answers unlocks and queries addressed to it, silent otherwise.
+
+    `channels` is the board's own channel count (default: the last door's channel); a board with
+    more channels than doors wired still sends all its groups, and its unwired channels read 1
+    (a pulled-up input). `report_door` makes the board send the unsolicited `82` report of that
+    door ahead of every reply; `queue_report(door)` does it once, ahead of the next reply."""
 
     default_board = 1
     default_doors = 24
     default_channel_base = 1
 
+    def __init__(
+        self, *, channels: int | None = None, report_door: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        last = self.doors - 1 + self.channel_base
+        self.channels = last if channels is None else channels
+        if self.channels < last:
+            raise ValueError(f"channels {self.channels} < the last door's channel {last}")
+        self.report_door = report_door
+        self._reports: list[int] = []
+
+    def queue_report(self, door: int) -> None:
+        """Send the unsolicited report of `door` ahead of the next reply."""
+        with self._lock:
+            self._reports.append(door)
+
     def _handle(self, frame: bytes) -> bytes | None:
+        reply = self._answer(frame)
+        if not reply:
+            return reply
+        with self._lock:
+            doors, self._reports = self._reports, []
+        if self.report_door is not None:
+            doors.append(self.report_door)
+        reports = b"".join(
+            c8a.encode_report(self.board, d - 1 + self.channel_base, self._signal(d)) for d in doors
+        )
+        return reports + reply
+
+    def _answer(self, frame: bytes) -> bytes | None:
         req = c8a.decode_request(frame)
         if req.head not in (c8a.UNLOCK, c8a.QUERY):
             raise FrameError(f"unknown header {req.head:02x}")
@@ -176,11 +210,11 @@ class SimBoard8A(SimBoard):
             return c8a.encode_unlock_reply(self.board, req.lock, self._signal(target))
         if req.head == c8a.QUERY and req.cmd == c8a.QUERY_CMD:
             if req.lock == 0:
-                bits = 0
+                bits = (1 << self.channels) - 1  # unwired channels read 1
                 for door in range(1, self.doors + 1):
-                    bits |= int(self._signal(door)) << (door - 1 + self.channel_base - 1)
-                channels = self.doors - 1 + self.channel_base
-                return c8a.encode_status_all(self.board, bits, channels)
+                    if not self._signal(door):
+                        bits &= ~(1 << (door - 1 + self.channel_base - 1))
+                return c8a.encode_status_all(self.board, bits, self.channels)
             target = self._door(req.lock)
             if target is None:
                 return None
