@@ -16,9 +16,17 @@ Contract, written once for every gate driver:
   pretends to be the safety path.
 - `inputs() -> GateInputs` reads PASS A, PASS B and fire (None for an input that is not wired or
   that the board cannot read); `fire_active()` is True only when a wired fire input says so.
-- Failures raise: DeviceTimeout when the board does not answer, DeviceOperationError when it
-  answers wrongly (bad CRC, exception reply). After an error from `open()` the pulse may or may
-  not have reached the gate: never retry blindly, ask the visitor or read the PASS inputs.
+- Fire is checked before every pulse (the inputs are read again when a fire input is wired), so
+  an alarm starting mid-group stops further pulses also on a lane without PASS.
+- Failures before the first pulse went out raise: DeviceTimeout when the board does not answer,
+  DeviceOperationError when it answers wrongly (bad CRC, exception reply). After an error from
+  `open()` the pulse may or may not have reached the gate: never retry blindly, ask the visitor
+  or read the PASS inputs. Once a pulse went out, `open()` never raises a board error: lost
+  input replies are retried until the window's deadline, and if the inputs do not come back (or
+  a later pulse gets no reply) it returns the persons counted so far with `Passage.error` set
+  (and `timed_out=True` when the window ran out). Do not retry such a Passage blindly either.
+- `open()` with no arguments forces the gate's relays off, so a relay left energised by a crashed
+  process does not keep the gate unlocked after a restart (PROTOCOLS.md 1.5).
 - Public methods validate and log, then call one abstract hook: `open()` -> `_acquire` or
   `_admit`, `inputs()` and `fire_active()` -> `_inputs`.
 """
@@ -47,6 +55,9 @@ class Passage:
     requested: int
     timed_out: bool  # the window expired before everyone passed
     fire: bool  # fire mode was active: free passage, no (further) pulse was sent
+    # Set when the run stopped early on a board error after a pulse had gone out (inputs lost
+    # for the rest of a window, or a later pulse got no reply): `passed` is still what is known.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,8 @@ class Gate(Device):
             raise ValueError(f"{self.name}: window_s must be > 0 and <= {MAX_WINDOW_S:g}")
         log.info("gate open", extra={"device": self.name, "direction": side, "persons": persons})
         passage = self._admit(side, persons, window)
-        log.info(
+        log.log(
+            logging.WARNING if passage.error else logging.INFO,
             "gate passage",
             extra={
                 "device": self.name,
@@ -154,6 +166,7 @@ class Gate(Device):
                 "requested": passage.requested,
                 "timed_out": passage.timed_out,
                 "fire": passage.fire,
+                "error": passage.error,
             },
         )
         return passage

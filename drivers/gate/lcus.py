@@ -4,8 +4,9 @@ PROTOCOLS.md 2.2: 9600 8N1, frame `A0 CH OP SUM` with SUM = low byte of A0+CH+OP
 query `FF` is answered by multi-channel boards with lines such as `CH1: OFF\\r\\n`.
 The board has no inputs, so a gate on it cannot see PASS or the fire loop: it requires
 `pass_wired=false` (each pulse counts as the passage) and no `fire_input`. A pulse is ON, sleep,
-OFF: unlike the Modbus flash, a process killed in between leaves the relay energised, so prefer
-the Modbus board where the controller is in potential (level) mode.
+OFF: unlike the Modbus flash, a process killed in between leaves the relay energised until the
+next open() forces the gate's relays off, so prefer the Modbus board where the controller is in
+potential (level) mode.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing_extensions import override
 from drivers.base import SelfTest
 from drivers.errors import DeviceConfigError, DeviceOperationError, DeviceTimeout, DriverError
 from drivers.gate import GateOptions
-from drivers.gate.passage import PulseGate
+from drivers.gate.passage import PULSE_GAP_S, PulseGate
 from drivers.port import SerialPort
 from drivers.url import options, parse_url
 
@@ -30,7 +31,7 @@ HEAD = 0xA0
 STATUS_QUERY = b"\xff"
 MAX_CHANNEL = 8
 _STATUS_LINE = re.compile(rb"CH(\d+):\s*(ON|OFF)", re.IGNORECASE)
-SCHEMES = ("serial", "socket", "rfc2217", "loop", "spy")
+SCHEMES = ("serial", "socket", "loop", "spy")
 HINT_NO_STATUS = (
     "no status reply: check the USB cable and `ls /dev/serial/by-id/` (CH340); 1-channel LCUS "
     "boards never answer, listen for the relay click instead / 无状态应答：检查 USB 线；"
@@ -92,13 +93,31 @@ class LcusGate(PulseGate):
 
     @override
     def _acquire(self) -> None:
-        if self._port is None:
-            self._port = SerialPort(
-                self.name,
-                self.serial_url,
-                baudrate=self.options.baudrate,
-                timeout=self.options.timeout,
-            )
+        if self._port is not None:
+            return
+        self._port = SerialPort(
+            self.name,
+            self.serial_url,
+            baudrate=self.options.baudrate,
+            timeout=self.options.timeout,
+        )
+        self._force_off()
+
+    def _force_off(self) -> None:
+        """Switch the gate's relays off: a process killed mid-pulse leaves its relay energised
+        (the gate unlocked), and only the next start can undo that (PROTOCOLS.md 1.5/2.2)."""
+        channels = (self.options.relay_in, self.options.relay_out)
+        try:
+            for i, channel in enumerate(channels):
+                if i:
+                    time.sleep(PULSE_GAP_S)  # the board drops commands closer than ~100 ms
+                self._write(encode_switch(channel, False))
+        except DriverError as err:
+            # Not fatal here: self_test() asks the relay states and says which one is held on.
+            log.warning("gate relays not reset", extra={"device": self.name, "error": str(err)})
+        ready = time.monotonic() + PULSE_GAP_S
+        for channel in channels:
+            self._ready_at[channel] = ready  # the first pulse keeps the gap after these writes
 
     @override
     def close(self) -> None:

@@ -28,7 +28,7 @@ from drivers.url import options, parse_url
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("serial", "socket", "rfc2217", "loop", "spy")
+SCHEMES = ("serial", "socket", "loop", "spy")
 HINT_NO_REPLY = (
     "no reply: check the Modbus slave address (DIP switches) and baud rate, and the RS485 A/B "
     "wiring / 无应答：检查继电器板地址（拨码开关）、波特率和 RS485 A/B 接线"
@@ -72,6 +72,21 @@ class ModbusRelayGate(PulseGate):
             local_echo=opts.local_echo,
         )
         log.info("gate board opened", extra={"device": self.name, "url": self.serial_url})
+        self._force_off()
+
+    def _force_off(self) -> None:
+        """FC05 OFF for the gate's relays, as PROTOCOLS.md 1.5 asks at start-up: pulses are
+        board-timed flashes, but a relay switched on by other software (or a level-mode setup)
+        would hold the gate unlocked. Only the gate's two coils: others may serve something else."""
+        for channel in (self.options.relay_in, self.options.relay_out):
+            request = mb.encode_write_coil(self.options.slave, channel - 1, False)
+            try:
+                mb.decode_write_coil_reply(request, self._transact(request))
+            except (DriverError, mb.ModbusError) as err:
+                # Not fatal: a deaf or refusing board shows in self_test() and the first open();
+                # stop after the first failure so a dead board costs one timeout, not two.
+                log.warning("gate relays not reset", extra={"device": self.name, "error": str(err)})
+                return
 
     @override
     def close(self) -> None:

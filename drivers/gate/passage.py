@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from typing_extensions import override
 
+from drivers.errors import DriverError
 from drivers.gate import Direction, Gate, GateInputs, GateOptions, Passage
 
 log = logging.getLogger(__name__)
@@ -64,30 +65,75 @@ class PulseGate(Gate):
         self._pulse(channel, ms)
         self._ready_at[channel] = time.monotonic() + ms / 1000 + PULSE_GAP_S
 
+    def _try_read(self) -> tuple[Sequence[bool] | None, str | None]:
+        """(levels, None), or (None, why) when the board did not answer or answered wrongly."""
+        try:
+            return self._read_levels(), None
+        except DriverError as err:
+            return None, str(err)
+
+    def _read_until(self, deadline: float) -> tuple[Sequence[bool] | None, str | None]:
+        """Read the inputs, retrying lost replies (RS485 noise) until `deadline`."""
+        while True:
+            levels, why = self._try_read()
+            left = deadline - time.monotonic()
+            if levels is not None or left <= 0:
+                return levels, why
+            log.warning("gate inputs lost, retrying", extra={"device": self.name, "error": why})
+            time.sleep(min(self.options.poll_ms / 1000, left))
+
     @override
     def _admit(self, direction: Direction, persons: int, window_s: float) -> Passage:
         opts = self.options
         relay = opts.relay_in if direction == "in" else opts.relay_out
         pass_input = opts.pass_in if direction == "in" else opts.pass_out
         poll = opts.poll_ms / 1000
+        # Nothing has been sent yet: an error here raises, and the caller may simply retry.
         levels = self._read_levels() if self._needs_levels() else None
         passed = 0
-        for _ in range(persons):
+        for n in range(persons):
+            if n and opts.fire_input is not None:
+                # The alarm may have started since the last read: a lane without PASS has no
+                # wait loop to notice it, so look again right before every further pulse.
+                self._wait_ready(relay)
+                levels, why = self._read_until(time.monotonic() + window_s)
+                if levels is None:
+                    return Passage(passed, persons, False, False, error=f"inputs lost: {why}")
             if self._fire(levels):
                 return Passage(passed, persons, timed_out=False, fire=True)
-            self._send_pulse(relay)
+            try:
+                self._send_pulse(relay)
+            except DriverError as err:
+                if not n:
+                    raise
+                # Raising now would lose the count of persons already through, and a caller's
+                # retry would pulse them again: report what is known instead.
+                why = f"pulse {n + 1} may or may not have reached the gate: {err}"
+                return Passage(passed, persons, False, False, error=why)
             if not opts.pass_wired:
                 passed += 1  # the lane has no PASS feedback: the open is the passage
                 continue
             assert levels is not None  # pass_wired implies levels were read
             before = bool(self._level(levels, pass_input))
             deadline = time.monotonic() + window_s
+            lost: str | None = None  # a read failed in this window: its PASS may have been missed
+            down = False  # log an outage once, not at every poll
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return Passage(passed, persons, timed_out=True, fire=False)
+                    error = f"inputs lost: {lost}" if lost else None
+                    return Passage(passed, persons, timed_out=True, fire=False, error=error)
                 time.sleep(min(poll, left))
-                levels = self._read_levels()
+                # A lost reply after the pulse went out must not abort: keep polling until the
+                # window's deadline, keeping the last good levels for the edge detection.
+                read, why = self._try_read()
+                if read is None:
+                    if not down:
+                        log.warning("gate inputs lost", extra={"device": self.name, "error": why})
+                    lost, down = why, True
+                    continue
+                down = False
+                levels = read
                 if self._fire(levels):
                     return Passage(passed, persons, timed_out=False, fire=True)
                 now = bool(self._level(levels, pass_input))

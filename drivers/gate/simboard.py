@@ -41,13 +41,21 @@ class Turnstile:
     queue: int = -1  # persons waiting to walk through; -1: always someone
     pass_signal: bool = True  # false: persons walk, but PASS never reaches the board
     fire: bool = False  # the fire loop is open: free passage
+    fire_after: int | None = None  # the alarm starts right after this many unlock commands
+    unlocks: int = 0  # unlock commands seen (also those the controller ignored)
     passages: list[tuple[str, float]] = field(default_factory=list)
     _events: list[tuple[int, float, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def unlock(self, channel: int, now: float) -> None:
         direction = {self.relay_in: "in", self.relay_out: "out"}.get(channel)
-        if direction is None or self.fire:
+        if direction is None:
+            return
+        self.unlocks += 1
+        fire_now = self.fire
+        if self.fire_after is not None and self.unlocks >= self.fire_after:
+            self.fire = True  # takes effect after this unlock: the person already walks
+        if fire_now:
             return  # in fire mode the controller ignores every command
         with self._lock:
             if self.queue == 0:
@@ -120,6 +128,12 @@ class ModbusRelayBoard(_Board):
         self.split = split  # replies come in two writes, 20 ms apart
         self.delay_ms = delay_ms  # replies come this late
         self.echo = echo  # the adapter echoes the request before the reply
+        self.coils = [False] * channels  # relay states set by plain FC05 on/off
+        # Silence for `mute_ms` after the `mute_after`-th flash pulse (noise on the RS485 line
+        # mid-window); the flash itself is still answered.
+        self.mute_after: int | None = None
+        self.mute_ms = 0
+        self._mute_until = 0.0
         super().__init__(turnstile, "modbus-board")
         self.no_reply = no_reply
 
@@ -133,7 +147,7 @@ class ModbusRelayBoard(_Board):
                 self._buf.clear()  # garbled: a real slave waits for the line to go quiet
                 break
             del self._buf[: mb.REQUEST_LEN]
-            if self.no_reply or frame[0] != self.slave:
+            if self.no_reply or now < self._mute_until or frame[0] != self.slave:
                 continue
             self.frames.append((now, frame))
             reply = self._handle(mb.decode_request(frame), now)
@@ -172,10 +186,15 @@ class ModbusRelayBoard(_Board):
             ms = req.value * mb.FLASH_STEP_MS
             self.pulses.append(Pulse(now, relay + 1, ms))
             self.turnstile.unlock(relay + 1, now)
+            if len(self.pulses) == self.mute_after:
+                self._mute_until = now + self.mute_ms / 1000
             return frame
         if kind == 0 and (relay < self.channels or relay == 0xFF) and req.value in (mb.ON, 0):
-            if req.value == mb.ON and relay < self.channels:
+            on = req.value == mb.ON
+            if on and relay < self.channels and not self.coils[relay]:
                 self.turnstile.unlock(relay + 1, now)
+            for i in range(self.channels) if relay == 0xFF else [relay]:
+                self.coils[i] = on
             return frame
         return mb.encode_exception(self.slave, req.function, 2)
 

@@ -32,9 +32,11 @@ def sim(params: str) -> Iterator[SimGate]:
 
 
 def pulse_frames(gate: SimGate) -> list[bytes]:
-    """FC05 frames the board read off the wire."""
+    """FC05 flash (unlock pulse) frames the board read off the wire; not the start-up OFFs."""
     assert gate.board is not None
-    return [f for _, f in gate.board.frames if f[1] == mb.WRITE_COIL]
+    return [
+        f for _, f in gate.board.frames if f[1] == mb.WRITE_COIL and f[2] << 8 == mb.FLASH_ON_BASE
+    ]
 
 
 def test_no_reply_times_out_with_a_hint_and_releases_the_port() -> None:
