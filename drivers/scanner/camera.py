@@ -9,7 +9,11 @@ Why the shape:
 - pyzbar (ctypes over libzbar) has a known double free on some images (pyzbar #83), so decoding
   runs in a spawned child process fed through a pipe; when the child dies it is restarted (with
   backoff) and the scanner keeps reading. `crash_on` is a test-only knob: the child calls
-  os.abort() when it decodes that text, standing in for the native crash.
+  os.abort() when it decodes that text, standing in for the native crash. `fail_restarts=N` is
+  another: the first N restarts fail with EAGAIN, as spawn does under pid/memory pressure.
+- Both threads are supervised: an unexpected exception is logged and the loop goes on after a
+  backoff (a failed decoder restart is retried on the next frame). If a thread dies anyway,
+  read() raises and self_test() fails, rather than the gate going blind while looking healthy.
 - Most frames at a gate are empty: a scene unchanged since a frame with no code is decoded again
   only every `refresh` seconds (a 1/8-scale thumbnail is compared, block change > `still` grey
   levels counts as a change), which keeps an idle camera cheap.
@@ -18,6 +22,7 @@ Why the shape:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -45,6 +50,8 @@ SYMBOLOGIES = frozenset({
     "DATABAR", "DATABAR_EXP", "CODABAR", "CODE39", "PDF417", "QRCODE", "SQCODE", "CODE93",
     "CODE128",
 })
+# A loop that keeps failing waits this long at most before the next try (doubling from 0.1 s).
+MAX_BACKOFF = 2.0
 DECODE_TIMEOUT = 2.0  # a decode taking longer than this means a hung child: kill and restart
 NO_FRAMES_LIMIT = 5.0  # seconds without a frame before read() reports the camera lost
 # A decoded code nobody read for this long is dropped: the visitor has walked off, and a late
@@ -68,10 +75,20 @@ class CameraOptions(ScannerOptions):
     refresh: float = 0.5
     still: float = 12.0
     crash_on: str = ""  # test only, see the module docstring
+    fail_restarts: int = 0  # test only, see the module docstring
 
 
 class _WorkerDied(Exception):
     pass
+
+
+class CameraStalled(DeviceOperationError):
+    """A capture or decode thread is no longer running: the camera cannot see codes."""
+
+    hint = (
+        "the camera's worker stopped; restart the gateway service and send its log to support "
+        "/ 摄像头扫码线程已停止，请重启网关服务并把日志发给技术支持"
+    )
 
 
 def _worker_main(conn: Connection, symbols: list[str], crash_on: bytes) -> None:
@@ -99,27 +116,40 @@ def _worker_main(conn: Connection, symbols: list[str], crash_on: bytes) -> None:
 class DecoderProcess:
     """The child decoder and its pipe; restarted by `decode()` after it dies."""
 
-    def __init__(self, symbols: list[str], crash_on: bytes) -> None:
+    def __init__(self, symbols: list[str], crash_on: bytes, fail_restarts: int = 0) -> None:
         self.symbols = symbols
         self.crash_on = crash_on
         self.restarts = 0
+        self.starts = 0  # successful starts
+        self._fail_restarts = fail_restarts
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
         self._backoff = 0.0
 
     def start(self) -> None:
+        """Spawn the child; raises OSError (EAGAIN, EMFILE...) when the system refuses."""
+        if self.starts > 0 and self._fail_restarts > 0:
+            self._fail_restarts -= 1
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable (fail_restarts)")
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.symbols, self.crash_on),
-            name="scanner-decoder", daemon=True,
-        )
-        proc.start()
-        child.close()
+        try:
+            proc = self._ctx.Process(
+                target=_worker_main, args=(child, self.symbols, self.crash_on),
+                name="scanner-decoder", daemon=True,
+            )
+            proc.start()
+        except BaseException:
+            parent.close()  # a spawn failing again and again must not leak descriptors
+            raise
+        finally:
+            child.close()
         self._proc, self._conn = proc, parent
+        self.starts += 1
 
     def decode(self, frame: Any) -> list[tuple[bytes, str]]:
-        """Decode one grey frame; raises _WorkerDied (after restarting the child) if it died."""
+        """Decode one grey frame; raises _WorkerDied (after restarting the child) if it died, or
+        OSError if that restart failed (the next call tries to start it again)."""
         if self._conn is None:
             self.start()
         assert self._conn is not None
@@ -134,7 +164,7 @@ class DecoderProcess:
             log.error("scanner decoder died (%s, exit %s); restarting", err, code)
             self.stop()
             self.restarts += 1
-            self._backoff = min(2.0, max(0.1, self._backoff * 2))
+            self._backoff = _next_backoff(self._backoff)
             return self._restart_after_backoff()
         self._backoff = 0.0
         return result
@@ -185,7 +215,7 @@ class CameraScanner(Scanner):
         self.decoded = 0  # frames sent to the decoder
         self._source_factory = source
         self._source: FrameSource | None = None
-        self._decoder = DecoderProcess(symbols, opts.crash_on.encode())
+        self._decoder = DecoderProcess(symbols, opts.crash_on.encode(), opts.fail_restarts)
         self._results: queue.Queue[tuple[float, bytes, str]] = queue.Queue(maxsize=32)
         self._cond = threading.Condition()
         self._latest: Any = None
@@ -244,6 +274,9 @@ class CameraScanner(Scanner):
 
     @override
     def _read(self, timeout: float) -> tuple[bytes, str | None] | None:
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self._stop.is_set():
+            raise CameraStalled(self.name, f"worker thread stopped: {', '.join(dead)}")
         if time.monotonic() - self._last_frame_at > NO_FRAMES_LIMIT:
             raise DeviceOperationError(
                 self.name, f"no frames from the camera for {NO_FRAMES_LIMIT:g} s (unplugged?)"
@@ -269,17 +302,20 @@ class CameraScanner(Scanner):
         assert source is not None
         import cv2
 
+        backoff = 0.0
         while not self._stop.is_set():
             try:
                 frame = source.read(0.2)
-            except Exception:  # a flaky driver must not kill capture; read() reports silence
+                if frame is None:
+                    continue
+                if frame.ndim == 3:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            except Exception:  # a flaky driver or odd frame must not kill capture
                 log.exception("scanner %s: capture failed", self.name)
-                self._stop.wait(0.5)
+                backoff = _next_backoff(backoff)
+                self._stop.wait(backoff)
                 continue
-            if frame is None:
-                continue
-            if frame.ndim == 3:
-                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            backoff = 0.0
             with self._cond:
                 if self._latest is not None:
                     self.stale += 1
@@ -293,6 +329,7 @@ class CameraScanner(Scanner):
 
         empty_thumb: Any = None
         last_decode = 0.0
+        backoff = 0.0
         while not self._stop.is_set():
             with self._cond:
                 if self._latest is None:
@@ -300,21 +337,31 @@ class CameraScanner(Scanner):
                 frame, self._latest = self._latest, None
             if frame is None:
                 continue
-            height, width = frame.shape[:2]
-            thumb = cv2.resize(frame, (width // 8, height // 8), interpolation=cv2.INTER_AREA)
-            now = time.monotonic()
-            if empty_thumb is not None and now - last_decode < self.options.refresh:
-                change = np.abs(thumb.astype(np.int16) - empty_thumb).max()
-                if change <= self.options.still:
-                    self.skipped += 1
-                    continue
-            last_decode = now
-            self.decoded += 1
             try:
+                height, width = frame.shape[:2]
+                thumb = cv2.resize(frame, (width // 8, height // 8), interpolation=cv2.INTER_AREA)
+                now = time.monotonic()
+                if empty_thumb is not None and now - last_decode < self.options.refresh:
+                    change = np.abs(thumb.astype(np.int16) - empty_thumb).max()
+                    if change <= self.options.still:
+                        self.skipped += 1
+                        continue
+                last_decode = now
+                self.decoded += 1
                 found = self._decoder.decode(frame)
-            except _WorkerDied:
+            except _WorkerDied:  # restarted after the decoder's own backoff
                 empty_thumb = None
                 continue
+            except Exception:
+                # e.g. the restart's spawn failed (EAGAIN, EMFILE): this thread must live on, or
+                # the camera goes blind while capture keeps it looking healthy. The next frame
+                # starts the decoder again.
+                log.exception("scanner %s: decode failed; retrying", self.name)
+                empty_thumb = None
+                backoff = _next_backoff(backoff)
+                self._stop.wait(backoff)
+                continue
+            backoff = 0.0
             empty_thumb = None if found else thumb.astype(np.int16)
             for data, symbology in found:
                 self._publish((now, data, symbology))
@@ -328,3 +375,8 @@ class CameraScanner(Scanner):
             except queue.Full:
                 with contextlib.suppress(queue.Empty):
                     self._results.get_nowait()
+
+
+def _next_backoff(backoff: float) -> float:
+    """0.1 s, doubling up to MAX_BACKOFF: a persistent fault must not spin a core or flood logs."""
+    return min(MAX_BACKOFF, max(0.1, backoff * 2))

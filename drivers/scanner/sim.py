@@ -16,7 +16,8 @@ Fault knobs (URL parameters) and what the caller sees:
 - echo=1: the adapter echoes what the driver writes (feedback commands): taken out of the stream.
 - aim=1: scans carry an AIM code id (`]Q1`), which the driver turns into `symbology`.
 Camera: blur, rotate, noise, contrast, glare (see simcam.Degrade), fps, module_px, hold (seconds
-a presented code stays in view), symbologies, crash_on (test only: the decoder process aborts).
+a presented code stays in view), symbologies, crash_on (test only: the decoder process aborts),
+fail_restarts=N (test only: the first N decoder restarts fail with EAGAIN).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SimOptions(ScannerOptions):
     contrast: float = 1.0
     glare: float = 0.0
     crash_on: str = ""
+    fail_restarts: int = 0
 
 
 class SimSerialReader:
@@ -228,6 +230,7 @@ class SimScanner(Scanner):
         query = urlencode({
             "dedup": 0, "symbologies": o.symbologies, "width": o.width, "height": o.height,
             "fps": o.fps, "crash_on": o.crash_on,
+            "fail_restarts": o.fail_restarts,
         })
         camera = self.camera
         self.inner = CameraScanner(
