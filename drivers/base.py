@@ -13,10 +13,13 @@ Lifecycle contract (all device classes):
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+from drivers.errors import StaleCommand
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,14 @@ class SelfTest:
     ok: bool
     detail: str  # what was checked and what was seen
     hint: str = ""  # what to do about it, for a technician (empty when ok)
+
+
+def check_ttl(device: str, what: str, issued_at: float | None, ttl: float) -> None:
+    """Refuse an actuator command older than `ttl` seconds. `issued_at` is a time.monotonic()
+    stamp taken when the command was decided (None: issued just now)."""
+    if issued_at is not None and time.monotonic() - issued_at > ttl:
+        age = time.monotonic() - issued_at
+        raise StaleCommand(device, f"{what} dropped: issued {age:.1f} s ago, TTL {ttl:g} s")
 
 
 class Device(ABC):

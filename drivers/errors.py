@@ -40,5 +40,10 @@ class DeviceOperationError(DriverError):
     """The device answered, but not with success (bad checksum, refused command, paper out)."""
 
 
+class StaleCommand(DeviceOperationError):
+    """An actuator command (unlock, gate open) reached the device after its time to live:
+    dropped, never replayed, so a door or gate never moves for a visitor who has gone."""
+
+
 class DeviceTimeout(DriverError, TimeoutError):
     """The device did not answer within its timeout."""

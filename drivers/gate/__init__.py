@@ -38,7 +38,7 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
-from drivers.base import Device
+from drivers.base import Device, check_ttl
 from drivers.errors import DeviceConfigError
 
 Direction = Literal["in", "out"]
@@ -47,6 +47,7 @@ MAX_PERSONS = 100  # a group ticket larger than this is a configuration mistake 
 MAX_WINDOW_S = 120.0
 
 log = logging.getLogger(__name__)
+COMMAND_TTL_S = 5.0  # an open decided longer ago than this is dropped: the visitor has gone
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,31 @@ class Gate(Device):
     def open(self) -> None: ...
 
     @overload
-    def open(self, direction: str, persons: int = 1, window_s: float | None = None) -> Passage: ...
+    def open(
+        self,
+        direction: str,
+        persons: int = 1,
+        window_s: float | None = None,
+        *,
+        issued_at: float | None = None,
+        ttl: float = COMMAND_TTL_S,
+    ) -> Passage: ...
 
     def open(
-        self, direction: str | None = None, persons: int = 1, window_s: float | None = None
+        self,
+        direction: str | None = None,
+        persons: int = 1,
+        window_s: float | None = None,
+        *,
+        issued_at: float | None = None,
+        ttl: float = COMMAND_TTL_S,
     ) -> Passage | None:
         """Acquire the device (no arguments), or unlock `direction` for `persons` and wait.
 
-        Raises ValueError for a bad direction, person count or window; DeviceTimeout and
-        DeviceOperationError as described in the module docstring.
+        Raises ValueError for a bad direction, person count or window; StaleCommand (nothing
+        sent) when the open was decided more than `ttl` seconds before (`issued_at`, a
+        time.monotonic() stamp); DeviceTimeout and DeviceOperationError as described in the
+        module docstring.
         """
         if direction is None:
             self._acquire()
@@ -154,6 +171,7 @@ class Gate(Device):
         window = self.options.window_s if window_s is None else float(window_s)
         if not 0 < window <= MAX_WINDOW_S:
             raise ValueError(f"{self.name}: window_s must be > 0 and <= {MAX_WINDOW_S:g}")
+        check_ttl(self.name, f"open {side}", issued_at, ttl)
         log.info("gate open", extra={"device": self.name, "direction": side, "persons": persons})
         passage = self._admit(side, persons, window)
         log.log(

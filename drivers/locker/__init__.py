@@ -28,10 +28,11 @@ import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
 
-from drivers.base import Device, SelfTest
+from drivers.base import Device, SelfTest, check_ttl
 from drivers.errors import DeviceOperationError, DeviceTimeout, DriverError
 
 log = logging.getLogger(__name__)
+COMMAND_TTL_S = 10.0  # an unlock decided longer ago than this is dropped, never sent
 
 NO_REPLY_HINT = (
     "no reply: check the board address DIP switches, the baud rate and the A/B wiring "
@@ -91,9 +92,14 @@ class Locker(Device):
     device_class = "locker"
     options: LockerOptions
 
-    def open_door(self, door: int) -> DoorResult:
-        """Unlock `door` once and confirm by status queries (see the module docstring)."""
+    def open_door(
+        self, door: int, *, issued_at: float | None = None, ttl: float = COMMAND_TTL_S
+    ) -> DoorResult:
+        """Unlock `door` once and confirm by status queries (see the module docstring).
+        A command older than `ttl` (from `issued_at`, a time.monotonic() stamp) raises
+        StaleCommand and sends nothing."""
         self._check_door(door)
+        check_ttl(self.name, f"unlock door {door}", issued_at, ttl)
         log.info("%s: unlock door %d", self.name, door)
         start = time.monotonic()
         acked = True
