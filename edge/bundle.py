@@ -210,7 +210,7 @@ class BundleReader:
             raise BundleRefused("corrupted", "header length out of range")
         try:
             doc = json.loads(self._read(header_len, "header"))
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
             raise BundleRefused("corrupted", f"header is not JSON: {err}") from err
         self.header = validate_header(doc)
 

@@ -10,6 +10,7 @@ Layout under <state>/cache/: `CURRENT` names the active file (`cache-<seq>-<nonc
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -108,7 +109,17 @@ class CacheStore:
             raise BundleRefused("truncated", f"cannot read {path}: {err}") from err
 
     def import_stream(self, stream: BinaryIO, now: float) -> ImportResult:
+        """Verify and activate one bundle. Imports are serialised by a lock on the cache
+        directory, so two importers can neither interleave nor remove each other's files."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "import.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._import_locked(stream, now)
+        finally:
+            os.close(fd)
+
+    def _import_locked(self, stream: BinaryIO, now: float) -> ImportResult:
         reader = fmt.BundleReader(stream)
         h = reader.header
         if h.site != self.site:
@@ -128,7 +139,7 @@ class CacheStore:
             raise BundleRefused("expired", "bundle expired before it was imported")
         signers = self._signers(h, state, now)
         if h.is_snapshot:
-            self._import_snapshot(reader, signers)
+            self._import_snapshot(reader, signers, state.retired if state else set())
         else:
             assert active is not None
             self._import_delta(reader, signers, active)
@@ -136,8 +147,9 @@ class CacheStore:
         return ImportResult(h.seq, "snapshot" if h.is_snapshot else "delta", h.counts, h.site)
 
     def _signers(self, h: fmt.Header, state: _State | None, now: float) -> list[KeyCert]:
+        # Retirement is permanent: a snapshot cannot bring a retired (maybe leaked) key back.
         retired = set(h.raw.get("retire_kids", []))
-        if state is not None and not h.is_snapshot:
+        if state is not None:
             retired |= state.retired
         if h.kid in retired:
             raise BundleRefused("retired_key", f"key {h.kid} has been retired")
@@ -149,7 +161,9 @@ class CacheStore:
             raise BundleRefused("unknown_key", f"no valid bundle-signing key {h.kid} for this site")
         return usable
 
-    def _import_snapshot(self, reader: fmt.BundleReader, signers: list[KeyCert]) -> None:
+    def _import_snapshot(
+        self, reader: fmt.BundleReader, signers: list[KeyCert], retired: set[int]
+    ) -> None:
         h = reader.header
         self._remove_orphans()
         path = self.dir / f"cache-{h.seq:012d}-{secrets.token_hex(4)}.db"
@@ -157,7 +171,7 @@ class CacheStore:
         try:
             conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("BEGIN")
-            _write_header(conn, h, base=None)
+            _write_header(conn, h, base=None, carry_retired=retired)
             _apply_records(conn, reader)
             _check_signature(reader, signers)
             conn.execute("COMMIT")
@@ -195,7 +209,7 @@ class CacheStore:
 
     def _remove_orphans(self) -> None:
         active = self.active_path()
-        for p in self.dir.glob("cache-*.db*"):
+        for p in self.dir.glob("cache-*.db*"):  # never the lock file
             if active is None or not p.name.startswith(active.name):
                 p.unlink(missing_ok=True)
 
@@ -216,7 +230,12 @@ def _check_signature(reader: fmt.BundleReader, signers: list[KeyCert]) -> None:
         raise BundleRefused("bad_signature", "bundle signature does not verify")
 
 
-def _write_header(conn: sqlite3.Connection, h: fmt.Header, base: _State | None) -> None:
+def _write_header(
+    conn: sqlite3.Connection,
+    h: fmt.Header,
+    base: _State | None,
+    carry_retired: frozenset[int] | set[int] = frozenset(),
+) -> None:
     raw = h.raw
     lists = dict(base.lists) if base else {}
     for lid in raw.get("remove_lists", []):
@@ -246,15 +265,15 @@ def _write_header(conn: sqlite3.Connection, h: fmt.Header, base: _State | None) 
         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [(k, json.dumps(v, ensure_ascii=False)) for k, v in meta.items()],
     )
-    for kid in raw.get("retire_kids", []):
+    retired = set(raw.get("retire_kids", [])) | carry_retired
+    for kid in retired:
         conn.execute("INSERT OR IGNORE INTO retired (kid) VALUES (?)", (kid,))
         conn.execute("DELETE FROM keys WHERE kid = ?", (kid,))
     for item in raw.get("key_certs", []):
         cert = bytes.fromhex(item)
-        conn.execute(
-            "INSERT OR IGNORE INTO keys (kid, cert) VALUES (?, ?)",
-            (int.from_bytes(cert[1:5], "big"), cert),
-        )
+        kid = int.from_bytes(cert[1:5], "big")
+        if kid not in retired:
+            conn.execute("INSERT OR IGNORE INTO keys (kid, cert) VALUES (?, ?)", (kid, cert))
 
 
 def _apply_records(conn: sqlite3.Connection, reader: fmt.BundleReader) -> None:

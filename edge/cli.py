@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
             "code", help="the code, or - to read it from stdin (keeps it out of history)"
         )
         p.add_argument("--lane", default="counter", help="lane name from the config")
+        if name == "redeem":
+            p.add_argument(
+                "--id",
+                help="redemption id (32 hex digits) to reuse when retrying the same scan",
+            )
         p.add_argument("--at", help="decision time, ISO 8601 with UTC offset (default: now)")
     box_cmd("status", "cache, ledger, clock and lanes of this box", cmd_status)
     p = box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
@@ -213,8 +218,12 @@ def cmd_redeem(args: argparse.Namespace) -> int:
         lane = svc.config.lanes.get(args.lane)
         if lane is not None and lane.kind != "counter":
             raise EdgeError(f"lane {args.lane} is a {lane.kind} lane; the CLI redeems on counters")
+        rid = bytes.fromhex(args.id) if args.id else None
+        if rid is not None and len(rid) != 16:
+            raise ValueError("--id: a redemption id is 32 hex digits")
         return _show_decision(
-            args, svc.redeem(_read_code(args.code), args.lane, at=parse_at(args.at))
+            args,
+            svc.redeem(_read_code(args.code), args.lane, redemption_id=rid, at=parse_at(args.at)),
         )
 
 

@@ -62,7 +62,8 @@ LEDGER_SCHEMA = Schema(
         CREATE INDEX rotating_seen_by_time ON rotating_seen (seen_at);
         CREATE TABLE occupancy (
             zone TEXT NOT NULL, business_day TEXT NOT NULL,
-            inside INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,
+            entered INTEGER NOT NULL DEFAULT 0, exited INTEGER NOT NULL DEFAULT 0,
+            pending INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (zone, business_day)
         ) WITHOUT ROWID;
         """
@@ -70,6 +71,18 @@ LEDGER_SCHEMA = Schema(
 )
 
 LIVE = ("pending", "confirmed")
+
+
+def _occupancy_share(
+    direction: str, state: str, persons: int, passed: int | None
+) -> tuple[int, int, int]:
+    """(entered, exited, pending) persons that a redemption in `state` adds to its zone."""
+    if state == "pending" and direction == "entry":
+        return (0, 0, persons)
+    if state == "confirmed":
+        n = persons if passed is None else passed
+        return (n, 0, 0) if direction == "entry" else (0, n, 0)
+    return (0, 0, 0)
 # Checkpoints belong off the redeem path (`Ledger.checkpoint`, run by a maintenance task); this
 # automatic one is only a cap on the WAL for a process that never runs maintenance.
 WAL_CAP_PAGES = 16384
@@ -153,6 +166,14 @@ class Ledger:
         )
         return [(bytes(r[0]), Prior(Direction(r[1]), r[2])) for r in rows]
 
+    def redemption_ids(self, canonical_id: str, list_id: str) -> set[bytes]:
+        """Every local redemption id of a code on a list, whatever its state."""
+        rows = self.conn.execute(
+            "SELECT id FROM redemptions WHERE canonical_id = ? AND list_id = ?",
+            (canonical_id, list_id),
+        )
+        return {bytes(r[0]) for r in rows}
+
     def rotating_seen(self, canonical_id: str, shown_at: int) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM rotating_seen WHERE canonical_id = ? AND shown_at = ?",
@@ -162,7 +183,8 @@ class Ledger:
 
     def zone_load(self, zone: str, business_day: str) -> int:
         row = self.conn.execute(
-            "SELECT inside + pending FROM occupancy WHERE zone = ? AND business_day = ?",
+            "SELECT max(0, entered - exited) + pending FROM occupancy "
+            "WHERE zone = ? AND business_day = ?",
             (zone, business_day),
         ).fetchone()
         return int(row[0]) if row else 0
@@ -237,13 +259,27 @@ class Ledger:
         )
         self.conn.execute("DELETE FROM rotating_seen WHERE seen_at < ?", (at - keep_s,))
 
-    def add_occupancy(self, zone: str, day: str, inside: int = 0, pending: int = 0) -> None:
-        """Add (or, with negatives, remove) persons; counts never go below zero."""
+    def move_occupancy(self, r: Redemption, new_state: str, new_passed: int | None) -> None:
+        """Move a redemption's share of its zone's counts from its current state to `new_state`.
+
+        Each state contributes exactly (entered, exited, pending) persons, so every transition
+        (confirm, void, undo of an exit) is an exact inverse and the counts cannot drift. The
+        load is max(0, entered - exited) + pending, per zone and business day: the counts start
+        again at the site's rollover hour, when a site is closed.
+        """
+        if not r.zone:
+            return
+        old = _occupancy_share(r.direction, r.state, r.persons, r.passed)
+        new = _occupancy_share(r.direction, new_state, r.persons, new_passed)
+        d_in, d_out, d_pend = (n - o for n, o in zip(new, old, strict=True))
+        if d_in == d_out == d_pend == 0:
+            return
         self.conn.execute(
-            "INSERT INTO occupancy (zone, business_day, inside, pending) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (zone, business_day) DO UPDATE SET "
-            "inside = max(0, inside + ?), pending = max(0, pending + ?)",
-            (zone, day, max(0, inside), max(0, pending), inside, pending),
+            "INSERT INTO occupancy (zone, business_day, entered, exited, pending) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (zone, business_day) DO UPDATE SET "
+            "entered = entered + excluded.entered, exited = exited + excluded.exited, "
+            "pending = pending + excluded.pending",
+            (r.zone, r.business_day, d_in, d_out, d_pend),
         )
 
     def append_event(

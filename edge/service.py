@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from edge.decision import Decision, iso
 from edge.errors import InvalidTransition, NotFound
 from edge.identify import Identified, Identifier
 from edge.ledger import Ledger, Redemption
-from edge.rules import Context, Direction, Reason, Verdict, evaluate
+from edge.rules import Context, Reason, Verdict, evaluate
 from edge.store import transaction
 from edge.trust import TrustAnchor
 
@@ -76,13 +77,13 @@ class RedemptionService:
         """
         now = self.clock() if at is None else at
         cfg = self._lane(lane)
-        if redemption_id is not None and (done := self.ledger.get(redemption_id)) is not None:
-            return self._from_record(done, lane, now, detail="already recorded (retry)")
         rid = redemption_id or secrets.token_bytes(16)
         confirm = cfg.kind == "counter" if confirm_now is None else confirm_now
         with transaction(self.ledger.conn):
             decision, ident = self._decide(text, cfg, now, record_failure=True)
-            if decision.admit and ident is not None:
+            if redemption_id is not None and (done := self.ledger.get(redemption_id)):
+                decision = self._retry(done, decision)
+            elif decision.admit and ident is not None:
                 decision = self._record(decision, ident, cfg, rid, now, confirm, forced=False)
             else:
                 self.ledger.append_event("scan_denied", self._deny_body(decision, text), now)
@@ -90,15 +91,25 @@ class RedemptionService:
         return decision
 
     def force_admit(
-        self, text: str, lane: str, *, note: str, actor: str, at: float | None = None
+        self,
+        text: str,
+        lane: str,
+        *,
+        note: str,
+        actor: str,
+        redemption_id: bytes | None = None,
+        at: float | None = None,
     ) -> Decision:
-        """A supervisor overrides a rule deny. The code must still verify; recorded as forced."""
+        """A supervisor overrides a rule deny. The code must still verify; recorded as forced.
+        A retry reuses `redemption_id` and gets the recorded outcome."""
         if not note.strip() or not actor.strip():
             raise ValueError("a forced admit needs the supervisor and a reason")
         now = self.clock() if at is None else at
         cfg = self._lane(lane)
         with transaction(self.ledger.conn):
             decision, ident = self._decide(text, cfg, now, record_failure=False)
+            if redemption_id is not None and (done := self.ledger.get(redemption_id)):
+                return self._retry(done, decision)
             if ident is None:
                 self._log(decision, text, "force_admit")
                 return decision
@@ -112,7 +123,7 @@ class RedemptionService:
                 decision,
                 ident,
                 cfg,
-                secrets.token_bytes(16),
+                redemption_id or secrets.token_bytes(16),
                 now,
                 cfg.kind == "counter",
                 forced=True,
@@ -124,7 +135,10 @@ class RedemptionService:
     def confirm(
         self, redemption_id: bytes, passed: int | None = None, at: float | None = None
     ) -> Redemption:
-        """The visitor went through (`passed` persons of a group; default all)."""
+        """The visitor went through (`passed` persons of a group; default all). With
+        `passed=0` nobody went through: that is a void, so the ticket stays usable."""
+        if passed is not None and passed <= 0:
+            return self.void(redemption_id, "nobody passed", at)
         now = self.clock() if at is None else at
         with transaction(self.ledger.conn):
             r = self._require(redemption_id)
@@ -133,11 +147,8 @@ class RedemptionService:
             if r.state != "pending":
                 raise InvalidTransition(f"redemption {redemption_id.hex()} is {r.state}")
             n = r.persons if passed is None else max(0, min(passed, r.persons))
+            self.ledger.move_occupancy(r, "confirmed", n)
             self.ledger.set_state(r.id, "confirmed", n, now, "")
-            if r.zone:
-                sign = 1 if r.direction == "entry" else -1
-                pending = -r.persons if r.direction == "entry" else 0
-                self.ledger.add_occupancy(r.zone, r.business_day, inside=sign * n, pending=pending)
             self.ledger.append_event(
                 "redemption_confirmed", {"redemption_id": r.id.hex(), "passed": n}, now, r.id
             )
@@ -150,14 +161,8 @@ class RedemptionService:
             r = self._require(redemption_id)
             if r.state == "voided":
                 return r
+            self.ledger.move_occupancy(r, "voided", r.passed)
             self.ledger.set_state(r.id, "voided", r.passed, now, why)
-            if r.zone and r.direction == "entry":
-                if r.state == "pending":
-                    self.ledger.add_occupancy(r.zone, r.business_day, pending=-r.persons)
-                else:
-                    self.ledger.add_occupancy(r.zone, r.business_day, inside=-(r.passed or 0))
-            elif r.zone and r.state == "confirmed":
-                self.ledger.add_occupancy(r.zone, r.business_day, inside=r.passed or 0)
             self.ledger.append_event(
                 "redemption_voided", {"redemption_id": r.id.hex(), "why": why}, now, r.id
             )
@@ -288,7 +293,9 @@ class RedemptionService:
             ), ident
         cid = bytes.fromhex(cred.canonical_id)
         local = self.ledger.priors(cred.canonical_id, lst.id)
-        seen = {rid for rid, _ in local}
+        # The cloud echoes our own redemptions back in the site's "used" delta: any of ours, in
+        # any state (a voided one must not come back as a use elsewhere), is not another box's.
+        seen = self.ledger.redemption_ids(cred.canonical_id, lst.id)
         priors = [p for _, p in local]
         priors += [p for rid, p in self.view.used_elsewhere(cid, lst.id) if rid not in seen]
         zone = st.zones.get(lst.zone or "", {})
@@ -353,16 +360,7 @@ class RedemptionService:
             clock_suspect=d.clock_suspect,
         )
         self.ledger.insert(r)
-        if lst.zone:
-            if lane.direction is Direction.ENTRY:
-                self.ledger.add_occupancy(
-                    lst.zone,
-                    day,
-                    inside=cred.persons if confirm else 0,
-                    pending=0 if confirm else cred.persons,
-                )
-            elif confirm:
-                self.ledger.add_occupancy(lst.zone, day, inside=-cred.persons)
+        self.ledger.move_occupancy(replace(r, state="voided"), r.state, r.passed)
         if ident.rotating_shown_at is not None:
             keep = (
                 self.config.policy.rotating_max_age_s + 2 * self.config.policy.rotating_max_skew_s
@@ -373,6 +371,21 @@ class RedemptionService:
         body = r.as_json() | {"warnings": [str(w) for w in d.warnings]}
         self.ledger.append_event("redemption", body, now, rid)
         return d.with_(redemption_id=rid.hex(), state=state)
+
+    def _retry(self, done: Redemption, fresh: Decision) -> Decision:
+        """A retry of a redemption id already recorded: its recorded outcome, never a second
+        redemption. A voided one stays voided (a new scan gets a new id)."""
+        if fresh.canonical_id != done.canonical_id:
+            raise ValueError(f"redemption id {done.id.hex()} belongs to another code")
+        if done.state == "voided":
+            return fresh.with_(
+                reason=Reason.ALREADY_USED,
+                warnings=(),
+                redemption_id=done.id.hex(),
+                state=done.state,
+                detail="this redemption was voided; scan again for a new one",
+            )
+        return self._from_record(done, fresh.lane, fresh.at, "already recorded (retry)")
 
     def _from_record(self, r: Redemption, lane: str, now: float, detail: str) -> Decision:
         return Decision(

@@ -180,17 +180,20 @@ class WriteLock:
         fsync_dir(self.state_dir)
         return self
 
-    def release(self) -> None:
+    def release(self, clean: bool = True) -> None:
+        """Give up the lock. Only a clean stop removes the marker: after a failure (a corrupt
+        file found at start, a crash) the next start runs the full integrity check again."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.marker.unlink()
-        fsync_dir(self.state_dir)
+        if clean:
+            with contextlib.suppress(FileNotFoundError):
+                self.marker.unlink()
+            fsync_dir(self.state_dir)
         os.close(self._fd)
         self._fd = None
 
     def __enter__(self) -> WriteLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release(clean=exc_type is None)

@@ -51,6 +51,7 @@ POLICY = {"short_code_max_failures": 10_000_000}
 
 # -- helpers --------------------------------------------------------------------------------------
 
+
 def mint_codes(setup: BoxSetup, path: Path, *, singles: int, multis: int, shorts: int) -> None:
     """Write CODES_JSONL: signed single-entry tickets, entries=3 tickets, and the box's short
     codes (already in its snapshot). Hot codes (the first 150 lines) mix all three kinds."""
@@ -59,13 +60,20 @@ def mint_codes(setup: BoxSetup, path: Path, *, singles: int, multis: int, shorts
     rows: list[dict[str, Any]] = []
     for i in range(singles + multis):
         entries = 3 if i < multis else 1
-        t = Ticket(kid=1 + i % 2, ticket_id=secrets.token_bytes(16), site=SITE, product="adult",
-                   valid_from=now - 3600, valid_until=now + 86400, entries=entries)
+        t = Ticket(
+            kid=1 + i % 2,
+            ticket_id=secrets.token_bytes(16),
+            site=SITE,
+            product="adult",
+            valid_from=now - 3600,
+            valid_until=now + 86400,
+            entries=entries,
+        )
         rows.append({"code": hub.mint_ticket(t), "canonical": t.canonical_id, "entries": entries})
     for spec in setup.short_specs[:shorts]:
         rows.append({"code": spec.code, "canonical": spec.code_id.hex(), "entries": spec.entries})
     rng = random.Random(7)
-    hot = rows[:multis] + rows[multis:multis + 60] + rows[singles + multis:][:60]
+    hot = rows[:multis] + rows[multis : multis + 60] + rows[singles + multis :][:60]
     rest = [r for r in rows if r not in hot]
     rng.shuffle(hot)
     rng.shuffle(rest)
@@ -75,14 +83,19 @@ def mint_codes(setup: BoxSetup, path: Path, *, singles: int, multis: int, shorts
 def ledger_rows(state: Path) -> list[tuple[str, str, str, str, str]]:
     conn = sqlite3.connect(f"file:{state / 'ledger.db'}", uri=True)
     try:
-        return [(bytes(r[0]).hex(), r[1], r[2], r[3], r[4]) for r in conn.execute(
-            "SELECT id, canonical_id, state, direction, lane FROM redemptions")]
+        return [
+            (bytes(r[0]).hex(), r[1], r[2], r[3], r[4])
+            for r in conn.execute(
+                "SELECT id, canonical_id, state, direction, lane FROM redemptions"
+            )
+        ]
     finally:
         conn.close()
 
 
-def check_ledger(state: Path, committed: dict[str, str], voided: set[str],
-                 allowed: dict[str, int]) -> list[tuple[str, str, str, str, str]]:
+def check_ledger(
+    state: Path, committed: dict[str, str], voided: set[str], allowed: dict[str, int]
+) -> list[tuple[str, str, str, str, str]]:
     """The ledger invariants of the issue; returns the rows."""
     assert integrity(state / "ledger.db") == ["ok"]
     rows = ledger_rows(state)
@@ -100,7 +113,8 @@ def check_ledger(state: Path, committed: dict[str, str], voided: set[str],
     try:
         orphans = conn.execute(
             "SELECT count(*) FROM redemptions r WHERE NOT EXISTS (SELECT 1 FROM outbox o "
-            "WHERE o.redemption_id = r.id AND o.type = 'redemption')").fetchone()[0]
+            "WHERE o.redemption_id = r.id AND o.type = 'redemption')"
+        ).fetchone()[0]
     finally:
         conn.close()
     assert orphans == 0, "redemptions without their outbox event (not one transaction?)"
@@ -126,8 +140,9 @@ class Chain:
         return max(self.expect)
 
 
-def build_chain(setup: BoxSetup, chain_dir: Path, plan: list[tuple[str, int]],
-                base_codes: int = 0) -> Chain:
+def build_chain(
+    setup: BoxSetup, chain_dir: Path, plan: list[tuple[str, int]], base_codes: int = 0
+) -> Chain:
     """Bundles seq 2.. after the box's snapshot (seq 1), written by the hub, with the exact
     state each sequence must produce. plan: ("snapshot", extra) or ("delta", adds)."""
     chain_dir.mkdir()
@@ -144,24 +159,29 @@ def build_chain(setup: BoxSetup, chain_dir: Path, plan: list[tuple[str, int]],
         if kind == "snapshot":
             specs = base + new
             revs = [secrets.token_bytes(16) for _ in range(3 + seq % 5)]
-            content = BundleContent(products=PRODUCTS + marker,
-                                    lists=[{"id": "default", "products": ["*"]}],
-                                    short_codes=specs, revocations=revs)
+            content = BundleContent(
+                products=PRODUCTS + marker,
+                lists=[{"id": "default", "products": ["*"]}],
+                short_codes=specs,
+                revocations=revs,
+            )
             present = {s.code: s for s in specs}
             revoked = set(revs)
             products = {p["id"] for p in PRODUCTS} | {f"p{seq}"}
         else:
             gone = rng.sample(sorted(present), min(len(present) // 10, n // 4))
             revs = [secrets.token_bytes(16) for _ in range(1 + seq % 7)]
-            content = BundleContent(products=marker, short_codes=new, remove_short_codes=gone,
-                                    revocations=revs)
+            content = BundleContent(
+                products=marker, short_codes=new, remove_short_codes=gone, revocations=revs
+            )
             for code in gone:
                 del present[code]
             present.update({s.code: s for s in new})
             revoked |= set(revs)
             products.add(f"p{seq}")
-        header = setup.hub.write_bundle(SITE, chain_dir / f"{seq:06d}.bin", content,
-                                        snapshot=kind == "snapshot", now=now)
+        header = setup.hub.write_bundle(
+            SITE, chain_dir / f"{seq:06d}.bin", content, snapshot=kind == "snapshot", now=now
+        )
         assert header["seq"] == seq
         chain.expect[seq] = Expect(seq, kind, len(present), len(revoked), sorted(products))
     return chain
@@ -185,7 +205,8 @@ def check_cache(setup: BoxSetup, chain: Chain, allowed: set[int]) -> int:
         got = (counts["short_codes"], counts["revoked"], sorted(view.state.products))
         assert got == (want.short_codes, want.revoked, want.products), (
             f"seq {seq} ({want.kind}) is a mix: rows/products {got[:2]} "
-            f"{got[2][-2:]}, expected {want.short_codes}, {want.revoked} {want.products[-2:]}")
+            f"{got[2][-2:]}, expected {want.short_codes}, {want.revoked} {want.products[-2:]}"
+        )
         assert counts["blocked"] == 0 and counts["used"] == 0
     finally:
         view.close()
@@ -207,6 +228,7 @@ def seqs_reported(lines: list[str], before: int) -> int:
 
 
 # -- (a) redeem loop ------------------------------------------------------------------------------
+
 
 def test_kill_during_redeem_loop(tmp_path: Path) -> None:
     setup = make_box(tmp_path, policy=POLICY, n_short=80, lanes=GATE_LANE)
@@ -295,13 +317,29 @@ def test_kill_during_redeem_loop(tmp_path: Path) -> None:
 
 # -- (b) kill during bundle activation ------------------------------------------------------------
 
+
 def test_kill_during_bundle_activation(tmp_path: Path) -> None:
     setup = make_box(tmp_path, policy=POLICY)
     setup.close()
-    plan = [("snapshot", 2), ("delta", 6000), ("delta", 4000), ("snapshot", 5), ("delta", 5000),
-            ("snapshot", 8), ("delta", 3000), ("delta", 6000), ("snapshot", 11), ("delta", 5000),
-            ("snapshot", 13), ("delta", 4000), ("snapshot", 17), ("delta", 6000),
-            ("delta", 5000), ("snapshot", 19), ("delta", 6000)]
+    plan = [
+        ("snapshot", 2),
+        ("delta", 6000),
+        ("delta", 4000),
+        ("snapshot", 5),
+        ("delta", 5000),
+        ("snapshot", 8),
+        ("delta", 3000),
+        ("delta", 6000),
+        ("snapshot", 11),
+        ("delta", 5000),
+        ("snapshot", 13),
+        ("delta", 4000),
+        ("snapshot", 17),
+        ("delta", 6000),
+        ("delta", 5000),
+        ("snapshot", 19),
+        ("delta", 6000),
+    ]
     chain = build_chain(setup, tmp_path / "chain", plan, base_codes=50_000)
     assert chain.expect[2].short_codes > 50_000
     stderr = tmp_path / "child.stderr"
@@ -310,8 +348,7 @@ def test_kill_during_bundle_activation(tmp_path: Path) -> None:
     interrupted = {"snapshot": 0, "delta": 0}
     took = {"snapshot": 0.2, "delta": 0.05}  # seconds per import, updated from the child's reports
     for run in range(24):
-        child = Child([str(TESTS / "import_loop.py"), str(setup.box), str(chain.dir), "60"],
-                      stderr)
+        child = Child([str(TESTS / "import_loop.py"), str(setup.box), str(chain.dir), "60"], stderr)
         in_flight = None
         if run % 4 == 0:  # anywhere from interpreter start-up on
             time.sleep(rng.uniform(0.005, 0.2))
@@ -346,7 +383,8 @@ def test_kill_during_bundle_activation(tmp_path: Path) -> None:
     cache_dir = setup.config.state_dir / "cache"
     active_file = active_cache_file(setup.config.state_dir)
     assert active_file is not None
-    leftovers = {p.name for p in cache_dir.iterdir()} - {"CURRENT", active_file.name}
+    # CURRENT, the active file (with its -wal/-shm) and the importers' lock file stay.
+    leftovers = {p.name for p in cache_dir.iterdir()} - {"CURRENT", "import.lock", active_file.name}
     assert not {n for n in leftovers if not n.startswith(active_file.name)}, leftovers
     # Kills really landed inside imports (the old cache was still active afterwards).
     assert interrupted["snapshot"] >= 2 and interrupted["delta"] >= 1, interrupted
@@ -354,6 +392,7 @@ def test_kill_during_bundle_activation(tmp_path: Path) -> None:
 
 
 # -- (c) kill during a WAL checkpoint -------------------------------------------------------------
+
 
 def test_kill_during_wal_checkpoint(tmp_path: Path) -> None:
     setup = make_box(tmp_path, policy=POLICY, n_short=40)
@@ -369,8 +408,15 @@ def test_kill_during_wal_checkpoint(tmp_path: Path) -> None:
     committed: dict[str, str] = {}
     in_checkpoint = wal_bytes = 0
     for run in range(20):
-        args = [str(TESTS / "import_loop.py"), str(setup.box), str(chain.dir), "60",
-                "--checkpoint", str(codes_file), str(run)]
+        args = [
+            str(TESTS / "import_loop.py"),
+            str(setup.box),
+            str(chain.dir),
+            "60",
+            "--checkpoint",
+            str(codes_file),
+            str(run),
+        ]
         child = Child(args, stderr)
         if run % 4 == 0:
             assert child.wait_for(lambda s: s.startswith("READY"), 20), stderr.read_text()
@@ -401,8 +447,15 @@ def test_kill_during_wal_checkpoint(tmp_path: Path) -> None:
         active = check_cache(setup, chain, {reported, reported + 1})
         check_ledger(setup.config.state_dir, committed, set(), allowed)
     # A clean run afterwards: imports carry on and checkpoints still work.
-    args = [str(TESTS / "import_loop.py"), str(setup.box), str(chain.dir), "2.0",
-            "--checkpoint", str(codes_file), "77"]
+    args = [
+        str(TESTS / "import_loop.py"),
+        str(setup.box),
+        str(chain.dir),
+        "2.0",
+        "--checkpoint",
+        str(codes_file),
+        "77",
+    ]
     child = Child(args, stderr)
     fail_unless_killed(child.finish(60), stderr, ok=(0,))
     assert child.lines[-1].startswith("DONE"), child.lines[-3:]
