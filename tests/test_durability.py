@@ -166,7 +166,7 @@ def build_chain(
                 revocations=revs,
             )
             present = {s.code: s for s in specs}
-            revoked = set(revs)
+            revoked |= set(revs)  # the hub repeats every earlier revocation in a snapshot
             products = {p["id"] for p in PRODUCTS} | {f"p{seq}"}
         else:
             gone = rng.sample(sorted(present), min(len(present) // 10, n // 4))

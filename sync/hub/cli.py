@@ -180,27 +180,15 @@ def cmd_display(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     hub = Hub(args.dir)
     content = load_input(args.input) if args.input else BundleContent()
-    state = hub.site_state(args.site)
-    minted = hub.minted_short_codes(args.site)
-    new_minted = minted if not args.delta else minted[state.get("shipped", 0) :]
-    content.short_codes = [*new_minted, *content.short_codes]
-    if not args.delta:
-        content.lists = content.lists or [DEFAULT_LIST]
-        known = {p["id"] for p in content.products}
-        content.products += [
-            {"id": p, "name": n} for p, n in state.get("products", {}).items() if p not in known
-        ]
-    header = hub.write_bundle(
+    header = hub.site_bundle(
         args.site,
         args.out,
         content,
-        snapshot=not args.delta,
+        delta=args.delta,
         now=_time(args.at, time.time()),
         expires_days=args.expires_days,
+        default_lists=[DEFAULT_LIST],
     )
-    state = hub.site_state(args.site)
-    state["shipped"] = len(minted)
-    hub.save_site_state(args.site, state)
     kind = "delta" if args.delta else "snapshot"
     print(f"{kind} seq={header['seq']} site={args.site} -> {args.out}")
     print(json.dumps(header["counts"], sort_keys=True))

@@ -6,6 +6,14 @@ State lives in a directory (`edge hub init --dir DIR`):
     sites/<site>/site.key                      per-site key for short-code hashes
     sites/<site>/state.json                    last bundle sequence, short codes shipped
     sites/<site>/short_codes.jsonl             short codes minted for the site
+    sites/<site>/ledger.json                   what every later snapshot must still carry
+    hub.json                                   retired signing keys
+
+A snapshot replaces the box's whole cache, so it must repeat everything earlier bundles changed,
+not only what its own input gives: every bundle updates the site's ledger (revoked ids, the
+blocked set, minted short codes removed since), and every snapshot carries the whole ledger plus
+the hub's retired keys. Only minted short codes are hidden by a removal; codes that came from an
+input file are not remembered by the hub, so a snapshot holds them only if its input repeats them.
 """
 
 from __future__ import annotations
@@ -14,10 +22,10 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +38,22 @@ from edge.trust import TrustAnchor, issue_key_cert
 DAY = 86400
 KEY_LIFETIME = 5 * 365 * DAY
 SHORT_KIND_IDS = {"voucher": 1, "pickup": 2}
+
+
+def _write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Replace `path` in one step (temp file, fsync, rename, fsync of the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -119,6 +143,51 @@ class BundleContent:
     new_key_kids: list[int] = field(default_factory=list)
 
 
+@dataclass
+class SiteLedger:
+    """A site's cumulative state: what every snapshot must carry, whatever bundle set it.
+
+    revoked: canonical ids (hex) ever revoked; there is no un-revoke.
+    blocked: canonical ids (hex) blocked now (block adds, unblock removes).
+    removed_short_codes: minted code -> how many entries of the minted list it hides (the list's
+        length when the code was removed), so a snapshot does not ship it again, while the same
+        digits minted again later are shipped. Only minting brings a removed code back: a bundle
+        whose input gives it again ships it, but the hub does not remember input short codes.
+    """
+
+    revoked: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)
+    removed_short_codes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "revoked": sorted(self.revoked),
+            "blocked": sorted(self.blocked),
+            "removed_short_codes": dict(sorted(self.removed_short_codes.items())),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SiteLedger:
+        return cls(
+            set(d.get("revoked", [])),
+            set(d.get("blocked", [])),
+            {str(c): int(n) for c, n in d.get("removed_short_codes", {}).items()},
+        )
+
+    def copy(self) -> SiteLedger:
+        return SiteLedger(set(self.revoked), set(self.blocked), dict(self.removed_short_codes))
+
+    def live(self, minted: Sequence[ShortCodeSpec], start: int = 0) -> list[ShortCodeSpec]:
+        """minted[start:] without the codes a later bundle removed; of digits minted twice, the
+        later mint."""
+        hidden = self.removed_short_codes
+        last = {
+            s.code: s for i, s in enumerate(minted[start:], start) if hidden.get(s.code, 0) <= i
+        }
+        return list(last.values())
+
+
 def random_short_code(digits: int = 12) -> str:
     body = "".join(secrets.choice("0123456789") for _ in range(digits - 1))
     body = str(secrets.choice("123456789")) + body[1:]
@@ -182,6 +251,10 @@ class Hub:
         path = self.dir / "hub.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def retired_kids(self) -> list[int]:
+        """Signing keys retired so far (by any bundle, for every site)."""
+        return sorted(int(k) for k in self._hub_state().get("retired", []))
+
     # -- sites ----------------------------------------------------------------------------------
 
     def site_dir(self, site: str) -> Path:
@@ -204,14 +277,36 @@ class Hub:
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
 
-    def minted_short_codes(self, site: str) -> list[ShortCodeSpec]:
+    def site_ledger(self, site: str) -> SiteLedger:
+        path = self.site_dir(site) / "ledger.json"
+        if not path.exists():
+            return SiteLedger()
+        return SiteLedger.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+    def save_site_ledger(self, site: str, ledger: SiteLedger) -> None:
+        _write_atomic(self.site_dir(site) / "ledger.json", lambda f: json.dump(ledger.to_json(), f))
+
+    def minted_short_codes(
+        self, site: str, *, include_removed: bool = False
+    ) -> list[ShortCodeSpec]:
+        """Short codes minted for the site, without those a bundle has removed since (unless
+        include_removed: then the whole minted list, in minting order)."""
+        path = self.site_dir(site) / "short_codes.jsonl"
+        if not path.exists():
+            return []
+        specs = [
+            ShortCodeSpec.from_json(json.loads(line))
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+        return specs if include_removed else self.site_ledger(site).live(specs)
+
+    def _minted_codes(self, site: str) -> list[str]:
         path = self.site_dir(site) / "short_codes.jsonl"
         if not path.exists():
             return []
         return [
-            ShortCodeSpec.from_json(json.loads(line))
-            for line in path.read_text().splitlines()
-            if line.strip()
+            str(json.loads(line)["code"]) for line in path.read_text().splitlines() if line.strip()
         ]
 
     # -- minting --------------------------------------------------------------------------------
@@ -229,6 +324,62 @@ class Hub:
 
     # -- bundles --------------------------------------------------------------------------------
 
+    def site_bundle(
+        self,
+        site: str,
+        out: Path,
+        content: BundleContent,
+        *,
+        delta: bool,
+        now: int | None = None,
+        expires_days: float = 30.0,
+        default_lists: Sequence[dict[str, Any]] = (),
+    ) -> dict[str, Any]:
+        """What `edge hub bundle` writes: `content` plus the site's minted short codes.
+
+        A delta adds the codes minted since the last bundle; a snapshot repeats every minted code
+        not removed since (a code the input also lists is shipped as the input gives it), the
+        products recorded at minting, and `default_lists` if the input has no lists. Either way
+        write_bundle adds the site's cumulative revocations, blocks and retired keys to a
+        snapshot.
+        """
+        state = self.site_state(site)
+        minted = self.minted_short_codes(site, include_removed=True)
+        ledger = self.site_ledger(site)
+        given = {s.code for s in content.short_codes}
+        start = state.get("shipped", 0) if delta else 0
+        ship = [s for s in ledger.live(minted, start) if s.code not in given]
+        content.short_codes = [*ship, *content.short_codes]
+        if not delta:
+            content.lists = content.lists or [dict(x) for x in default_lists]
+            known = {p["id"] for p in content.products}
+            content.products += [
+                {"id": p, "name": n} for p, n in state.get("products", {}).items() if p not in known
+            ]
+        header = self.write_bundle(
+            site, out, content, snapshot=not delta, now=now, expires_days=expires_days
+        )
+        state = self.site_state(site)
+        state["shipped"] = len(minted)
+        self.save_site_state(site, state)
+        return header
+
+    def _next_ledger(self, site: str, content: BundleContent) -> tuple[SiteLedger, SiteLedger]:
+        """(the ledger before, the ledger after this bundle), in the box's order of records:
+        removals, revocations, blocks, unblocks."""
+        before = self.site_ledger(site)
+        after = before.copy()
+        if content.remove_short_codes:
+            minted = self._minted_codes(site)
+            known = set(minted)
+            for code in content.remove_short_codes:
+                if code in known:
+                    after.removed_short_codes[code] = len(minted)
+        after.revoked.update(c.hex() for c in content.revocations)
+        after.blocked.update(c.hex() for c in content.blocked)
+        after.blocked.difference_update(c.hex() for c in content.unblocked)
+        return before, after
+
     def write_bundle(
         self,
         site: str,
@@ -244,8 +395,18 @@ class Hub:
         now = int(time.time()) if now is None else now
         state = self.site_state(site)
         seq = state["seq"] + 1
+        hub_retired = set(self.retired_kids())
+        retired = hub_retired | set(content.retire_kids)
         kid = self.active_kid(content.retire_kids) if kid is None else kid
         key = self.signing_key(kid)
+        ledger_before, ledger = self._next_ledger(site, content)
+        if snapshot:  # the whole cumulative state, in key order for the box's B-trees
+            revocations: Sequence[bytes] = [bytes.fromhex(c) for c in sorted(ledger.revoked)]
+            blocked: Sequence[bytes] = [bytes.fromhex(c) for c in sorted(ledger.blocked)]
+            retire_kids = sorted(retired)
+        else:
+            revocations, blocked = content.revocations, content.blocked
+            retire_kids = list(content.retire_kids)
         products_ref = sorted({s.product for s in content.short_codes})
         pidx = {p: i for i, p in enumerate(products_ref)}
         used_lists = sorted({u[2] for u in content.used})
@@ -275,8 +436,8 @@ class Hub:
                 fmt.SHORT_REMOVE,
                 [(short_code_hash(site_key, c),) for c in content.remove_short_codes],
             ),
-            (fmt.REVOKE, [(c,) for c in content.revocations]),
-            (fmt.BLOCK, [(c,) for c in content.blocked]),
+            (fmt.REVOKE, [(c,) for c in revocations]),
+            (fmt.BLOCK, [(c,) for c in blocked]),
             (fmt.UNBLOCK, [(c,) for c in content.unblocked]),
             (
                 fmt.USED,
@@ -294,12 +455,8 @@ class Hub:
             "issued_at": now,
             "expires_at": now + int(expires_days * DAY),
             "kid": kid,
-            "key_certs": [
-                self.cert_hex(k)
-                for k in key_kids
-                if k not in set(self._hub_state().get("retired", []))
-            ],
-            "retire_kids": content.retire_kids,
+            "key_certs": [self.cert_hex(k) for k in key_kids if k not in retired],
+            "retire_kids": retire_kids,
             "products": content.products,
             "zones": content.zones,
             "lists": content.lists,
@@ -318,13 +475,15 @@ class Hub:
             for rtype, entries in records:
                 writer.add(rtype, list(entries))
             writer.finish()
+        # Recorded before the bundle is published: a crash in between leaves the intent in the
+        # next snapshot, never a published revocation, block or retirement the hub forgot.
+        if ledger != ledger_before:
+            self.save_site_ledger(site, ledger)
+        if not retired <= hub_retired:
+            hub_state = self._hub_state()
+            hub_state["retired"] = sorted(retired)
+            _write_atomic(self.dir / "hub.json", lambda f: json.dump(hub_state, f))
         os.replace(tmp, out)
         state["seq"] = seq
         self.save_site_state(site, state)
-        if content.retire_kids:
-            hub_state = self._hub_state()
-            hub_state["retired"] = sorted(
-                set(hub_state.get("retired", [])) | set(content.retire_kids)
-            )
-            (self.dir / "hub.json").write_text(json.dumps(hub_state))
         return header
