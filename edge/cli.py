@@ -19,7 +19,7 @@ from typing import Any
 
 from edge import config as cfgmod
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
-from edge.doctor import render_table, run_doctor
+from edge.doctor import config_problems, render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
 from edge.service import RedemptionService
 from edge.store import WriteLock
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--at", help="decision time, ISO 8601 with UTC offset (default: now)")
     box_cmd("status", "cache, ledger, clock and lanes of this box", cmd_status)
+    box_cmd("check", "validate the configuration (file, trust anchor, device URLs)", cmd_check)
     p = box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
     p.add_argument("--test-page", action="store_true", help="printers also print a test page")
 
@@ -245,6 +246,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines.append(f"ledger {st['ledger']['redemptions']}  outbox {st['ledger']['outbox_depth']}")
     _emit(args, st, "\n".join(lines))
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    problems = config_problems(config)
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "config": str(config.path),
+        "ok": not problems,
+        "problems": problems,
+        "lanes": sorted(config.lanes),
+        "devices": sorted(config.devices),
+    }
+    if problems:
+        human = "\n".join(
+            [f"{config.path}: configuration problems / 配置错误:"] + [f"  {p}" for p in problems]
+        )
+    else:
+        human = (
+            f"{config.path}: OK / 配置正确 ({len(config.lanes)} lanes, "
+            f"{len(config.devices)} devices, state in {config.state_dir})"
+        )
+    _emit(args, doc, human)
+    return EXIT_OK if not problems else EXIT_ERROR
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ from drivers.base import Device, SelfTest
 from drivers.errors import DeviceConfigError, DeviceInitError, DriverError, DriverUnavailable
 from drivers.printer import Printer
 from drivers.registry import load
-from edge.config import DeviceConfig
+from edge.config import BoxConfig, DeviceConfig
+from edge.errors import TrustError
+from edge.trust import TrustAnchor
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,24 @@ def check_device(dev: DeviceConfig, test_page: bool = False) -> DeviceCheck:
         result.hint,
         round(time.monotonic() - start, 3),
     )
+
+
+def config_problems(config: BoxConfig) -> list[str]:
+    """What `edge check` reports beyond the TOML itself: the trust anchor must load and every
+    device's driver must accept its URL (parsed only; nothing is opened)."""
+    problems: list[str] = []
+    try:
+        TrustAnchor.load(config.trust_anchor)
+    except TrustError as err:
+        problems.append(f"box.trust_anchor: {err}")
+    for dev in config.devices.values():
+        try:
+            load(dev.name, dev.device_class, dev.driver)(dev.name, dev.url)
+        except DeviceConfigError as err:
+            problems.append(f"devices.{dev.name}.url: {err.param}: {err.expected}")
+        except DriverError as err:
+            problems.append(f"devices.{dev.name}: {err}")
+    return problems
 
 
 def run_doctor(devices: dict[str, DeviceConfig], test_page: bool = False) -> list[DeviceCheck]:

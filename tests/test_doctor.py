@@ -98,3 +98,33 @@ def test_unknown_class_or_driver_is_a_config_error(box: Box) -> None:
     box.config_text('\n[devices.x]\nclass = "locker"\ndriver = "acme"\nurl = "sim://"\n')
     with pytest.raises(ConfigError, match=r"devices\.x\.driver"):
         load(box.home / "edge.toml", box.home)
+
+
+def check(home: Path) -> tuple[int, dict[str, object]]:
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "check", "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_check_validates_without_opening_anything(box: Box) -> None:
+    box.config_text(SIM_DEVICES + BROKEN_DEVICES.replace("locker9", "locker-missing"))
+    code, doc = check(box.home)
+    assert code == 2 and doc["ok"] is False
+    problems = doc["problems"]
+    assert isinstance(problems, list) and len(problems) == 1  # a missing port is doctor's job
+    assert problems[0].startswith("devices.typo.url: baud: unknown parameter")
+    box.config_text(SIM_DEVICES)
+    code, doc = check(box.home)
+    assert (
+        code == 0
+        and doc["ok"]
+        and doc["devices"] == sorted(["locker0", "gate-in", "kitchen", "counter-scanner"])
+    )
+    (box.home / "trust-anchor.json").write_text("{}")
+    code, doc = check(box.home)
+    assert code == 2 and "box.trust_anchor" in doc["problems"][0]  # type: ignore[index]
