@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drivers.locker import FrameError
+from drivers.locker.codec_kerong import ETX, STX, checksum, frame
 
-STX = 0x02
-ETX = 0x03
 REQUEST_LEN = 6
 MAX_BOARD = 0xFF  # ADDR is a whole byte; no source states the DIP range
 MAX_LOCK = 47
@@ -41,16 +40,6 @@ DIALECTS = {d.name: d for d in (A, B)}
 BY_REPLY = {d.reply: d for d in (A, B)}
 
 
-def checksum(data: bytes) -> int:
-    """Low byte of the sum."""
-    return sum(data) & 0xFF
-
-
-def _frame(*body: int) -> bytes:
-    raw = bytes(body)
-    return raw + bytes([checksum(raw)])
-
-
 def _check(board: int, lock: int) -> None:
     if not 0 <= board <= MAX_BOARD:
         raise ValueError(f"board {board} outside 0..{MAX_BOARD}")
@@ -61,13 +50,13 @@ def _check(board: int, lock: int) -> None:
 def encode_unlock(dialect: Dialect, board: int, lock: int) -> bytes:
     """Open lock index `lock` (0-47)."""
     _check(board, lock)
-    return _frame(STX, board, lock, dialect.unlock, ETX)
+    return frame(STX, board, lock, dialect.unlock, ETX)
 
 
 def encode_query(dialect: Dialect, board: int) -> bytes:
     """Status of every lock on the board."""
     _check(board, 0)
-    return _frame(STX, board, 0, dialect.query, ETX)
+    return frame(STX, board, 0, dialect.query, ETX)
 
 
 @dataclass(frozen=True)
@@ -105,7 +94,7 @@ def _group(bits: int) -> bytes:
 def encode_status(dialect: Dialect, board: int, locks: int, sensors: int = 0) -> bytes:
     """The status reply (the simulator's side); `sensors` is dropped in dialect A."""
     data = _group(locks) + (_group(sensors) if dialect.has_sensors else b"")
-    return _frame(STX, board, 0, dialect.reply, *data, ETX)
+    return frame(STX, board, 0, dialect.reply, *data, ETX)
 
 
 def reply_length(buf: bytes | bytearray) -> int | None:

@@ -28,7 +28,8 @@ def checksum(data: bytes) -> int:
     return sum(data) & 0xFF
 
 
-def _frame(*body: int) -> bytes:
+def frame(*body: int) -> bytes:
+    """`body` followed by its sum checksum (every Kerong board frames this way)."""
     raw = bytes(body)
     return raw + bytes([checksum(raw)])
 
@@ -43,17 +44,17 @@ def _addr(board: int, lock: int) -> int:
 
 def encode_unlock(board: int, lock: int) -> bytes:
     """Unlock lock index `lock` (0-15) on `board` (0-15)."""
-    return _frame(STX, _addr(board, lock), CMD_UNLOCK, ETX)
+    return frame(STX, _addr(board, lock), CMD_UNLOCK, ETX)
 
 
 def encode_query(board: int) -> bytes:
     """Status of one CU (all its locks and IR sensors)."""
-    return _frame(STX, _addr(board, 0), CMD_STATUS, ETX)
+    return frame(STX, _addr(board, 0), CMD_STATUS, ETX)
 
 
 def encode_query_all() -> bytes:
     """Status of every CU on the bus (not used by the driver: one board per device)."""
-    return _frame(STX, 0x00, CMD_STATUS_ALL, ETX)
+    return frame(STX, 0x00, CMD_STATUS_ALL, ETX)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Status:
 
 
 def encode_status(board: int, locks: int, items: int) -> bytes:
-    return _frame(
+    return frame(
         STX,
         _addr(board, 0),
         REPLY_STATUS,
