@@ -130,8 +130,14 @@ class Printer(Device):
         """Reopen a lost link, if the transport can (TCP); returns whether it did."""
         return False
 
+    # Set when a job's end-of-job wait timed out: its GS r reply may still come, and must not be
+    # taken for the next job's.
+    _late_reply_possible = False
+
     def print_job(self, job: Job) -> JobResult:
         data = self.render(job)
+        if self._late_reply_possible:
+            self._settle()
         start = time.monotonic()
         before = self.status()
         if not before.ready:
@@ -139,7 +145,11 @@ class Printer(Device):
         self._write(data, self.options.job_timeout)
         log.info("printer %s: sent %s (%d bytes)", self.name, job.title or "job", len(data))
         if self.options.end_of_job:
-            self._await_end_of_job(start + self.options.job_timeout)
+            try:
+                self._await_end_of_job(start + self.options.job_timeout)
+            except DriverError:  # timed out, or held by a fault: its GS r reply may come later
+                self._late_reply_possible = True
+                raise
         after = self.status()
         if not after.ready:
             raise PrinterNotReady(self.name, after, sent=True)
@@ -218,6 +228,17 @@ class Printer(Device):
                 else:
                     log.debug("printer %s: stray byte %02x", self.name, b)
         return decode_status(bytes(got[:4])), eoj
+
+    def _settle(self, rounds: int = 3) -> None:
+        """Read and drop input until the printer has been quiet for one `timeout` (at most
+        `rounds` of them), so a late reply to a timed-out job cannot end the next job's wait."""
+        for _ in range(rounds):
+            if not self._read(self.options.timeout):
+                self._late_reply_possible = False
+                return
+        log.warning(
+            "printer %s: still sending stale replies; the next job may end early", self.name
+        )
 
     def _await_end_of_job(self, deadline: float) -> None:
         """Wait for the GS r 1 reply; each quiet `timeout` slice, check the printer is fine."""

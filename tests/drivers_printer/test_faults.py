@@ -134,3 +134,19 @@ def test_dropped_tcp_connection_is_reopened_before_the_next_job(make_printer: Ma
     rig.printer.print_job(JOB)
     assert len(rig.machine.lines) == 8 and rig.server.accepted == 2
     assert rig.printer.self_test().ok
+
+
+def test_a_job_interrupted_mid_print_does_not_lend_its_reply_to_the_next(
+    make_printer: Make,
+) -> None:
+    """Paper runs out mid-job: the printer holds that job's GS r reply and sends it once paper
+    is loaded. The next job first lets the printer fall quiet, so the late reply cannot end the
+    next job's wait before the next job has printed."""
+    rig = make_printer("escpos-tcp", paper_lines=2)
+    with pytest.raises(PrinterNotReady) as err:
+        rig.printer.print_job(JOB)
+    assert err.value.sent and err.value.status.paper_out
+    rig.machine.load_paper()
+    result = rig.printer.print_job(JOB)
+    assert result.after.ready and len(rig.machine.lines) == 8
+    assert rig.printer._late_reply_possible is False
