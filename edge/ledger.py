@@ -66,6 +66,12 @@ LEDGER_SCHEMA = Schema(
             pending INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (zone, business_day)
         ) WITHOUT ROWID;
+        """,
+        # 2: a confirmed exit takes out of its zone only the persons the zone had inside
+        # (`counted`), so surplus exits (tailgaters, fire-mode free passage) cannot bank
+        # places for later entries, and a void gives back exactly what was taken.
+        """
+        ALTER TABLE redemptions ADD COLUMN counted INTEGER;
         """
     ],
 )
@@ -74,14 +80,14 @@ LIVE = ("pending", "confirmed")
 
 
 def _occupancy_share(
-    direction: str, state: str, persons: int, passed: int | None
+    direction: str, state: str, persons: int, passed: int | None, counted: int | None
 ) -> tuple[int, int, int]:
     """(entered, exited, pending) persons that a redemption in `state` adds to its zone."""
     if state == "pending" and direction == "entry":
         return (0, 0, persons)
     if state == "confirmed":
         n = persons if passed is None else passed
-        return (n, 0, 0) if direction == "entry" else (0, n, 0)
+        return (n, 0, 0) if direction == "entry" else (0, n if counted is None else counted, 0)
     return (0, 0, 0)
 # Checkpoints belong off the redeem path (`Ledger.checkpoint`, run by a maintenance task); this
 # automatic one is only a cap on the WAL for a process that never runs maintenance.
@@ -109,6 +115,7 @@ class Redemption:
     valid_until: int
     cache_seq: int
     clock_suspect: bool
+    counted: int | None = None  # confirmed exits: persons actually taken out of the zone
 
     def as_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -181,6 +188,14 @@ class Ledger:
         ).fetchone()
         return row is not None
 
+    def zone_inside(self, zone: str, business_day: str) -> int:
+        """Persons counted inside (confirmed entries less confirmed exits, never below 0)."""
+        row = self.conn.execute(
+            "SELECT max(0, entered - exited) FROM occupancy WHERE zone = ? AND business_day = ?",
+            (zone, business_day),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def zone_load(self, zone: str, business_day: str) -> int:
         row = self.conn.execute(
             "SELECT max(0, entered - exited) + pending FROM occupancy "
@@ -222,7 +237,7 @@ class Ledger:
 
     def insert(self, r: Redemption) -> None:
         self.conn.execute(
-            "INSERT INTO redemptions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO redemptions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
                 r.canonical_id,
@@ -243,14 +258,23 @@ class Ledger:
                 r.valid_until,
                 r.cache_seq,
                 int(r.clock_suspect),
+                r.counted,
             ),
         )
 
-    def set_state(self, rid: bytes, state: str, passed: int | None, at: float, note: str) -> None:
+    def set_state(
+        self,
+        rid: bytes,
+        state: str,
+        passed: int | None,
+        at: float,
+        note: str,
+        counted: int | None = None,
+    ) -> None:
         self.conn.execute(
-            "UPDATE redemptions SET state = ?, passed = ?, updated_at = ?, "
+            "UPDATE redemptions SET state = ?, passed = ?, updated_at = ?, counted = ?, "
             "note = CASE WHEN ? = '' THEN note ELSE ? END WHERE id = ?",
-            (state, passed, at, note, note, rid),
+            (state, passed, at, counted, note, note, rid),
         )
 
     def remember_rotating(self, canonical_id: str, shown_at: int, at: float, keep_s: float) -> None:
@@ -259,7 +283,9 @@ class Ledger:
         )
         self.conn.execute("DELETE FROM rotating_seen WHERE seen_at < ?", (at - keep_s,))
 
-    def move_occupancy(self, r: Redemption, new_state: str, new_passed: int | None) -> None:
+    def move_occupancy(
+        self, r: Redemption, new_state: str, new_passed: int | None, new_counted: int | None = None
+    ) -> None:
         """Move a redemption's share of its zone's counts from its current state to `new_state`.
 
         Each state contributes exactly (entered, exited, pending) persons, so every transition
@@ -269,8 +295,8 @@ class Ledger:
         """
         if not r.zone:
             return
-        old = _occupancy_share(r.direction, r.state, r.persons, r.passed)
-        new = _occupancy_share(r.direction, new_state, r.persons, new_passed)
+        old = _occupancy_share(r.direction, r.state, r.persons, r.passed, r.counted)
+        new = _occupancy_share(r.direction, new_state, r.persons, new_passed, new_counted)
         d_in, d_out, d_pend = (n - o for n, o in zip(new, old, strict=True))
         if d_in == d_out == d_pend == 0:
             return

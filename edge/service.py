@@ -80,8 +80,9 @@ class RedemptionService:
         rid = redemption_id or secrets.token_bytes(16)
         confirm = cfg.kind == "counter" if confirm_now is None else confirm_now
         with transaction(self.ledger.conn):
-            decision, ident = self._decide(text, cfg, now, record_failure=True)
-            if redemption_id is not None and (done := self.ledger.get(redemption_id)):
+            done = self.ledger.get(redemption_id) if redemption_id is not None else None
+            decision, ident = self._decide(text, cfg, now, record_failure=done is None)
+            if done is not None:
                 decision = self._retry(done, decision)
             elif decision.admit and ident is not None:
                 decision = self._record(decision, ident, cfg, rid, now, confirm, forced=False)
@@ -108,7 +109,8 @@ class RedemptionService:
         cfg = self._lane(lane)
         with transaction(self.ledger.conn):
             decision, ident = self._decide(text, cfg, now, record_failure=False)
-            if redemption_id is not None and (done := self.ledger.get(redemption_id)):
+            done = self.ledger.get(redemption_id) if redemption_id is not None else None
+            if done is not None:
                 return self._retry(done, decision)
             if ident is None:
                 self._log(decision, text, "force_admit")
@@ -147,8 +149,9 @@ class RedemptionService:
             if r.state != "pending":
                 raise InvalidTransition(f"redemption {redemption_id.hex()} is {r.state}")
             n = r.persons if passed is None else max(0, min(passed, r.persons))
-            self.ledger.move_occupancy(r, "confirmed", n)
-            self.ledger.set_state(r.id, "confirmed", n, now, "")
+            counted = self._exit_counted(r, n)
+            self.ledger.move_occupancy(r, "confirmed", n, counted)
+            self.ledger.set_state(r.id, "confirmed", n, now, "", counted)
             self.ledger.append_event(
                 "redemption_confirmed", {"redemption_id": r.id.hex(), "passed": n}, now, r.id
             )
@@ -162,7 +165,7 @@ class RedemptionService:
             if r.state == "voided":
                 return r
             self.ledger.move_occupancy(r, "voided", r.passed)
-            self.ledger.set_state(r.id, "voided", r.passed, now, why)
+            self.ledger.set_state(r.id, "voided", r.passed, now, why, r.counted)
             self.ledger.append_event(
                 "redemption_voided", {"redemption_id": r.id.hex(), "why": why}, now, r.id
             )
@@ -359,8 +362,10 @@ class RedemptionService:
             cache_seq=d.cache_seq or 0,
             clock_suspect=d.clock_suspect,
         )
+        if confirm:
+            r = replace(r, counted=self._exit_counted(r, cred.persons))
         self.ledger.insert(r)
-        self.ledger.move_occupancy(replace(r, state="voided"), r.state, r.passed)
+        self.ledger.move_occupancy(replace(r, state="voided"), r.state, r.passed, r.counted)
         if ident.rotating_shown_at is not None:
             keep = (
                 self.config.policy.rotating_max_age_s + 2 * self.config.policy.rotating_max_skew_s
@@ -372,11 +377,24 @@ class RedemptionService:
         self.ledger.append_event("redemption", body, now, rid)
         return d.with_(redemption_id=rid.hex(), state=state)
 
+    def _exit_counted(self, r: Redemption, passed: int) -> int | None:
+        """How many of an exit's persons the zone had inside (entries may have been missed:
+        tailgaters, fire-mode free passage); None for entries and zoneless lists."""
+        if r.direction != "exit" or not r.zone:
+            return None
+        return min(passed, self.ledger.zone_inside(r.zone, r.business_day))
+
     def _retry(self, done: Redemption, fresh: Decision) -> Decision:
         """A retry of a redemption id already recorded: its recorded outcome, never a second
-        redemption. A voided one stays voided (a new scan gets a new id)."""
-        if fresh.canonical_id != done.canonical_id:
-            raise ValueError(f"redemption id {done.id.hex()} belongs to another code")
+        redemption (whatever the code would get now: a rate-limited lane or a voucher removed
+        since cannot turn a recorded admit into an error). A voided one stays voided (a new scan
+        gets a new id); an id reused for a different code is refused."""
+        if fresh.canonical_id is not None and fresh.canonical_id != done.canonical_id:
+            return fresh.with_(
+                reason=Reason.MALFORMED,
+                warnings=(),
+                detail=f"redemption id {done.id.hex()} already belongs to another code",
+            )
         if done.state == "voided":
             return fresh.with_(
                 reason=Reason.ALREADY_USED,

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import SchemaTooNew, StoreBusy, StoreCorrupt, StoreError
+from edge.errors import EdgeError, SchemaTooNew, StoreBusy, StoreCorrupt, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -195,5 +195,9 @@ class WriteLock:
     def __enter__(self) -> WriteLock:
         return self.acquire()
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.release(clean=exc_type is None)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        # A refused command (a bad argument, a config error) stopped cleanly; a store problem
+        # or anything unexpected leaves the marker, so the next start checks the files fully.
+        expected = exc_type is not None and issubclass(exc_type, EdgeError | ValueError)
+        clean = exc_type is None or (expected and not issubclass(exc_type, StoreError))
+        self.release(clean=bool(clean))

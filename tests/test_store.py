@@ -86,3 +86,22 @@ def test_ledger_prune_keeps_unacknowledged_rows(box: Box) -> None:
     svc.ledger.conn.execute("DELETE FROM outbox")  # the cloud acknowledged everything
     assert svc.ledger.prune(t.valid_until + 29 * 86400, 30) == 0  # retention not over
     assert svc.ledger.prune(later, 30) == 1
+
+
+def test_a_version_1_ledger_is_migrated_to_version_2(tmp_path: Path) -> None:
+    """Numbered migrations on a fixture database made by the first schema version."""
+    path = tmp_path / "ledger.db"
+    v1 = Schema("ledger", LEDGER_SCHEMA.migrations[:1])
+    conn = open_db(path, v1, create=True)
+    conn.execute(
+        "INSERT INTO redemptions (id, canonical_id, list_id, direction, kind, product, persons,"
+        " state, lane, created_at, updated_at, business_day, valid_until, cache_seq,"
+        " clock_suspect) VALUES (x'00', 'ab', 'default', 'exit', 'signed', 'adult', 1,"
+        " 'confirmed', 'gate', 0, 0, '2026-05-01', 9, 1, 0)"
+    )
+    conn.close()
+    ledger = Ledger(path)
+    assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    r = ledger.get(b"\x00")
+    assert r is not None and r.counted is None and r.direction == "exit"
+    ledger.close()
