@@ -122,6 +122,8 @@ class Printer(Device):
         except DeviceOperationError as err:
             if not self._reconnect():
                 raise
+            # A fresh connection cannot carry the old connection's late GS r reply.
+            self._late_reply_possible = False
             log.warning("printer %s: connection lost (%s); reconnected", self.name, err)
             self._drain()
             return self._poll_status()[0]
@@ -233,7 +235,18 @@ class Printer(Device):
         """Read and drop input until the printer has been quiet for one `timeout` (at most
         `rounds` of them), so a late reply to a timed-out job cannot end the next job's wait."""
         for _ in range(rounds):
-            if not self._read(self.options.timeout):
+            try:
+                data = self._read(self.options.timeout)
+            except DeviceTimeout:
+                raise
+            except DeviceOperationError as err:
+                # The link is closed (printer rebooted or dropped an idle socket): it cannot
+                # deliver the late reply any more, and status() reconnects next. Keeping the
+                # flag would fail every later job here, before that reconnect is reached.
+                log.info("printer %s: link lost while settling (%s)", self.name, err)
+                self._late_reply_possible = False
+                return
+            if not data:
                 self._late_reply_possible = False
                 return
         log.warning(

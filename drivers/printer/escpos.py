@@ -53,6 +53,7 @@ class EscposPrinter(Printer):
         self.target = parse_url(name, url, SCHEMES)
         self.options = opts = options(name, EscposOptions, self.target.params)
         self._transport: Transport | None = None
+        self._opened = False  # set by open(), cleared only by close(); survives a lost link
         usb_only = opts.vendor is not None or opts.product is not None
         if self.target.scheme == "usb" and (opts.vendor is None or opts.product is None):
             raise DeviceConfigError(name, "vendor", "usb:// needs vendor and product ids")
@@ -72,13 +73,19 @@ class EscposPrinter(Printer):
     def open(self) -> None:
         if self._transport is not None:
             return
-        opts, t = self.options, self.target
+        opts = self.options
         if opts.chinese == "raster" and not opts.font:
             try:
                 find_cjk_font()
             except LookupError as err:
                 msg = "raster mode without a CJK font"
                 raise DeviceInitError(self.name, msg, FONT_HINT) from err
+        self._connect()
+        # Only now: a printer that never opened must not be reconnected behind the caller's back.
+        self._opened = True
+
+    def _connect(self) -> None:
+        opts, t = self.options, self.target
         if t.scheme == "tcp":
             self._transport = TcpTransport(self.name, self._host, self._port, opts.timeout)
         elif t.scheme == "serial":
@@ -93,20 +100,37 @@ class EscposPrinter(Printer):
 
     @override
     def _reconnect(self) -> bool:
-        if self.target.scheme != "tcp" or self._transport is None:
+        """Replace a lost TCP link. Tests `_opened`, not `_transport`: a reconnect refused while
+        the printer reboots leaves no transport, and the next status() must try again rather
+        than report "not open" forever. Only status() calls this and then repeats its status
+        query; a job's bytes are never re-sent."""
+        if self.target.scheme != "tcp" or not self._opened:
             return False
-        self.close()
-        self.open()
+        self._drop_transport()
+        self._late_reply_possible = False  # a new socket cannot carry the old one's late reply
+        try:
+            self._connect()
+        except DeviceInitError as err:
+            # Still a broken link to the caller (status() contract), retried on the next call.
+            msg = f"reconnect failed: {err.message}; {err.hint or self.no_reply_hint}"
+            raise DeviceOperationError(self.name, msg) from err
         return True
 
     @override
     def close(self) -> None:
+        self._opened = False
+        self._drop_transport()
+
+    def _drop_transport(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
 
     def _t(self) -> Transport:
         if self._transport is None:
+            if self._opened:  # the last reconnect was refused; the next status() retries
+                msg = "connection lost; reconnecting on the next status query"
+                raise DeviceOperationError(self.name, msg)
             raise DeviceOperationError(self.name, "printer not open")
         return self._transport
 

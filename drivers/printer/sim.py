@@ -80,6 +80,10 @@ class SimPrinter(Printer):
         if self.server is not None:
             self.server.close()
 
+    @override
+    def _reconnect(self) -> bool:
+        return self._printer is not None and self._printer._reconnect()
+
     def _p(self) -> EscposPrinter:
         if self._printer is None:
             raise DeviceOperationError(self.name, "printer not open")

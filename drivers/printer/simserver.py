@@ -35,6 +35,7 @@ class SimPrinterServer:
         self._wake_r, self._wake_w = os.pipe()
         self._pty: PtyDevice | None = None
         self.accepted = 0
+        self.port = 0  # the TCP port, once start_tcp() has run
 
     @property
     def connections(self) -> int:
@@ -46,6 +47,8 @@ class SimPrinterServer:
         """Close every client socket, as a printer does after an idle timeout or a reboot."""
         with self._send_lock:
             for conn in self._conns:
+                with contextlib.suppress(OSError):  # FIN first, as a printer hanging up sends
+                    conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
             self._conns.clear()
 
@@ -58,13 +61,16 @@ class SimPrinterServer:
         self._listener = socket.create_server((host, port))
         self._thread = threading.Thread(target=self._serve, name="sim-printer-tcp", daemon=True)
         self._thread.start()
-        return f"tcp://{host}:{self._listener.getsockname()[1]}"
+        self.port = self._listener.getsockname()[1]
+        return f"tcp://{host}:{self.port}"
 
     def start_pty(self) -> str:
         self._pty = PtyDevice(self._on_pty_bytes, name="sim-printer")
         return self._pty.path
 
     def close(self) -> None:
+        if self._wake_w < 0:
+            return  # closed already: the pipe's fd numbers may belong to someone else by now
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
@@ -84,6 +90,7 @@ class SimPrinterServer:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     # -- replies, shaped by the delay/split knobs --
 
@@ -126,10 +133,13 @@ class SimPrinterServer:
         assert self._listener is not None
         listener = self._listener
         while not self._stop.is_set():
-            with self._send_lock:
-                conns = list(self._conns)
-            fds = [listener.fileno(), self._wake_r, *(c.fileno() for c in conns)]
-            ready, _, _ = select.select(fds, [], [])
+            with self._send_lock:  # fileno() under the lock: drop_connections() makes it -1
+                conns = [c for c in self._conns if c.fileno() >= 0]
+                fds = [listener.fileno(), self._wake_r, *(c.fileno() for c in conns)]
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except (OSError, ValueError):  # a socket closed by drop_connections() meanwhile
+                continue
             if self._wake_r in ready or self._stop.is_set():
                 return
             if listener.fileno() in ready:
@@ -147,7 +157,8 @@ class SimPrinterServer:
         except OSError:
             data = b""
         if not data:  # the driver closed its end: release ours
-            with self._send_lock:
+            # drop_connections() may have removed it already (the printer hung up first).
+            with self._send_lock, contextlib.suppress(ValueError):
                 self._conns.remove(conn)
             conn.close()
             return

@@ -53,6 +53,7 @@ SYMBOLOGIES = frozenset({
 # A loop that keeps failing waits this long at most before the next try (doubling from 0.1 s).
 MAX_BACKOFF = 2.0
 DECODE_TIMEOUT = 2.0  # a decode taking longer than this means a hung child: kill and restart
+READ_TIMEOUT = 0.2  # seconds the capture loop lets the source wait for one frame
 NO_FRAMES_LIMIT = 5.0  # seconds without a frame before read() reports the camera lost
 # A decoded code nobody read for this long is dropped: the visitor has walked off, and a late
 # scan must not open the gate for whoever stands there now.
@@ -305,8 +306,14 @@ class CameraScanner(Scanner):
         backoff = 0.0
         while not self._stop.is_set():
             try:
-                frame = source.read(0.2)
+                asked = time.monotonic()
+                frame = source.read(READ_TIMEOUT)
                 if frame is None:
+                    # None at once (cap.read() failing on an unplugged camera) must not spin a
+                    # core: back off. None after the full wait is just a slow camera.
+                    if time.monotonic() - asked < READ_TIMEOUT / 2:
+                        backoff = _next_backoff(backoff)
+                        self._stop.wait(backoff)
                     continue
                 if frame.ndim == 3:
                     frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)

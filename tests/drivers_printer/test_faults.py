@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from drivers.errors import DeviceTimeout
+from drivers.errors import DeviceOperationError, DeviceTimeout
 from drivers.printer import PrinterNotReady
 from drivers.printer.job import JobBuilder
+from drivers.printer.simserver import SimPrinterServer
 from drivers.printer.simstate import SimKnobs
 from tests.drivers_printer.conftest import Make, wait_until
 
@@ -150,3 +151,50 @@ def test_a_job_interrupted_mid_print_does_not_lend_its_reply_to_the_next(
     result = rig.printer.print_job(JOB)
     assert result.after.ready and len(rig.machine.lines) == 8
     assert rig.printer._late_reply_possible is False
+
+
+@pytest.mark.parametrize("kind", ["escpos-tcp", "sim-tcp"])
+def test_a_failed_job_then_a_dropped_connection_does_not_wedge_the_printer(
+    make_printer: Make, kind: str
+) -> None:
+    """A job fails its end-of-job wait (its GS r reply may still come), then the printer hangs
+    up. The next job must not die settling on the closed socket: it reconnects and prints."""
+    rig = make_printer(kind, paper_lines=2, timeout=0.3)
+    with pytest.raises(PrinterNotReady):
+        rig.printer.print_job(JOB)
+    assert rig.printer._late_reply_possible
+    rig.machine.load_paper()  # the held reply goes out on the old socket...
+    rig.server.drop_connections()  # ...which the printer then closes
+    time.sleep(0.05)
+    for _ in range(2):  # before the fix: "printer closed the connection", every time
+        assert rig.printer.print_job(JOB).after.ready
+    assert rig.printer._late_reply_possible is False
+    assert len(rig.machine.lines) == 12 and rig.server.accepted == 2
+
+
+def test_a_refused_reconnect_is_retried_by_the_next_call(make_printer: Make) -> None:
+    """The printer is power-cycled: its socket closes and, while it boots, connections are
+    refused. Each later call tries again; once it is up, jobs print (nothing sent twice)."""
+    rig = make_printer("escpos-tcp", timeout=0.3)
+    rig.printer.print_job(JOB)
+    port = rig.server.port
+    rig.server.close()  # powered off: socket closed, port refused
+    with pytest.raises(DeviceOperationError, match="reconnect failed"):
+        rig.printer.print_job(JOB)
+    with pytest.raises(DeviceOperationError):
+        rig.printer.status()
+    assert not rig.printer.self_test().ok
+    rebooted = SimPrinterServer()
+    rebooted.start_tcp(port=port)
+    try:
+        assert rig.printer.print_job(JOB).after.ready  # before the fix: "printer not open"
+        assert len(rebooted.machine.lines) == 4 and rebooted.accepted == 1
+        assert rig.printer.self_test().ok
+        rig.printer.close()
+        rig.printer.close()  # idempotent
+        assert wait_until(lambda: rebooted.connections == 0)
+        with pytest.raises(DeviceOperationError, match="not open"):
+            rig.printer.status()  # closed by its owner: never reconnected behind its back
+        assert rebooted.accepted == 1
+    finally:
+        rebooted.close()

@@ -131,3 +131,31 @@ def test_dead_capture_thread_makes_read_raise_at_once() -> None:
             for _ in range(50):  # well before NO_FRAMES_LIMIT would notice the silence
                 cam.read(0.05)
         assert not cam.self_test(0.1).ok
+
+
+class UnpluggedSource:
+    """What OpenCvSource.read does once the camera is unplugged: None at once, every time."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, timeout: float) -> Any:
+        self.reads += 1
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_unplugged_camera_does_not_spin_the_capture_loop() -> None:
+    source = UnpluggedSource()
+    scanner = CameraScanner("cam-u", "camera://sim?dedup=0", source=lambda: source)
+    scanner.open()
+    try:
+        before = source.reads
+        time.sleep(1.0)
+        reads = source.reads - before  # before the fix: millions (a full core)
+        assert reads <= 10
+        assert alive("cam-u") == ["cam-u-capture", "cam-u-decode"]
+    finally:
+        scanner.close()
