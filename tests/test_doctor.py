@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from edge.config import load
 from edge.errors import ConfigError
 from tests.conftest import Box
+from tests.test_cli import edge
 
 SIM_DEVICES = """
 [devices.locker0]
@@ -49,15 +47,13 @@ url = "/dev/ttyUSB0?baud=9600"
 """
 
 
-def doctor(home: Path, *extra: str) -> tuple[int, dict[str, object]]:
-    r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "doctor", "--home", str(home), "--json", *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
+def edge_json(command: str, home: Path, *extra: str) -> tuple[int, dict[str, object]]:
+    r = edge(command, "--home", str(home), "--json", *extra)
     return r.returncode, json.loads(r.stdout)
+
+
+def doctor(home: Path, *extra: str) -> tuple[int, dict[str, object]]:
+    return edge_json("doctor", home, *extra)
 
 
 def test_simulated_devices_all_pass(box: Box) -> None:
@@ -101,14 +97,7 @@ def test_unknown_class_or_driver_is_a_config_error(box: Box) -> None:
 
 
 def check(home: Path) -> tuple[int, dict[str, object]]:
-    r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check", "--home", str(home), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
-    return r.returncode, json.loads(r.stdout)
+    return edge_json("check", home)
 
 
 def test_check_validates_without_opening_anything(box: Box) -> None:
