@@ -17,10 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edge import client
 from edge import config as cfgmod
+from edge.client import daemon_url
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
 from edge.doctor import config_problems, render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
+from edge.rules import Reason
 from edge.service import RedemptionService
 from edge.store import WriteLock
 from edge.trust import TrustAnchor
@@ -84,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     box_cmd("check", "validate the configuration (file, trust anchor, device URLs)", cmd_check)
     p = box_cmd("doctor", "open each configured device and run a harmless self-test", cmd_doctor)
     p.add_argument("--test-page", action="store_true", help="printers also print a test page")
+
+    p = sub.add_parser(
+        "run",
+        help="run the gateway daemon (lanes, printers, lockers, HTTP API)",
+        description="Run the gateway daemon. Config lookup: --config, --home, $EDGE_HOME, "
+        "$CONFIGURATION_DIRECTORY, /etc/edge/edge.toml. --demo runs a simulated demo site.",
+    )
+    p.add_argument("--config", help="config file")
+    p.add_argument("--home", help="box directory holding edge.toml and the state")
+    p.add_argument(
+        "--demo", action="store_true", help="every device simulated, demo site and codes"
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_run)
+
+    p = box_cmd("scan", "hand a code to a lane of the running daemon (as if scanned)", cmd_scan)
+    p.add_argument("code", help="the code, or - to read it from stdin")
+    p.add_argument("--lane", required=True, help="lane name from the config")
 
     p = sub.add_parser("demo", help="scripted demo: a hub and a box, every kind of code")
     p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
@@ -176,7 +198,35 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _daemon_state(args: argparse.Namespace) -> Path | None:
+    """The state directory when a daemon runs on it (then it is the only writer)."""
+    config = _load_config(args)
+    return config.state_dir if daemon_url(config.state_dir) is not None else None
+
+
 def cmd_bundle_import(args: argparse.Namespace) -> int:
+    if (state := _daemon_state(args)) is not None:
+        body = {"path": str(args.file.resolve()), "at": args.at}
+        try:
+            doc = client.call(state, "POST", "/api/v1/bundles/import", body, timeout=600)
+        except client.DaemonError as err:
+            if err.status != 422:
+                raise
+            doc = {
+                "schema": SCHEMA_VERSION,
+                "decision": "refused",
+                "reason": "refused",
+                "detail": err.detail,
+            }
+        if doc.get("decision") == "refused":
+            _emit(args, doc, f"REFUSED 拒绝导入  {doc['reason']}: {doc['detail']}")
+            return EXIT_DENY
+        _emit(
+            args,
+            doc,
+            f"APPLIED 已导入  {doc['kind']} seq {doc['seq']}  {json.dumps(doc['counts'])}",
+        )
+        return EXIT_OK
     with _service(args, write=True) as svc:
         try:
             r = svc.import_bundle(args.file, parse_at(args.at))
@@ -215,6 +265,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_redeem(args: argparse.Namespace) -> int:
+    if (state := _daemon_state(args)) is not None:
+        if args.at:
+            raise EdgeError("--at cannot be used while the daemon runs (it decides at its time)")
+        body = {"code": _read_code(args.code), "lane": args.lane, "redemption_id": args.id}
+        return _show_json_decision(args, client.call(state, "POST", "/api/v1/redeem", body))
     with _service(args, write=True) as svc:
         lane = svc.config.lanes.get(args.lane)
         if lane is not None and lane.kind != "counter":
@@ -226,6 +281,74 @@ def cmd_redeem(args: argparse.Namespace) -> int:
             args,
             svc.redeem(_read_code(args.code), args.lane, redemption_id=rid, at=parse_at(args.at)),
         )
+
+
+def _show_json_decision(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    admit = doc.get("decision") == "admit"
+    reason = doc.get("reason", "")
+    text = REASON_TEXT.get(Reason(reason)) if reason in set(Reason) else None
+    human = f"{'ADMIT 通过' if admit else 'DENY 拒绝'}  {reason}"
+    if text:
+        human += f": {text[0]} / {text[1]}"
+    for key in ("detail", "redemption_id", "state", "passed", "line_zh"):
+        if doc.get(key):
+            human += f"\n  {key}: {doc[key]}"
+    _emit(args, doc, human)
+    return EXIT_OK if admit else EXIT_DENY
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    state = _daemon_state(args)
+    if state is None:
+        raise EdgeError("no daemon is running for this box: start it with `edge run`")
+    doc = client.call(
+        state, "POST", f"/api/v1/lanes/{args.lane}/scan", {"code": _read_code(args.code)}
+    )
+    if doc.get("duplicate"):
+        _emit(args, doc, "IGNORED 忽略: the same ticket was just read on this lane / 重复读取")
+        return EXIT_OK
+    if doc.get("decision") == "free_passage":
+        _emit(args, doc, f"FREE PASSAGE 自由通行: {doc.get('line_zh')} / {doc.get('line_en')}")
+        return EXIT_OK
+    return _show_json_decision(args, doc)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import run_daemon
+    from edge.logfmt import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    bundle = None
+    on_ready = None
+    if args.demo:
+        from edge import demo
+
+        real = demo.real_anchor_installed()
+        home = Path(args.home) if args.home else demo.default_demo_home()
+        if real is None and (home / cfgmod.CONFIG_NAME).exists() and not (home / "DEMO").exists():
+            real = home / cfgmod.CONFIG_NAME
+        if real is not None:
+            raise EdgeError(
+                f"refusing --demo: a real trust anchor is installed ({real}); "
+                "run `edge run` without --demo / 已安装正式信任根，不能运行演示"
+            )
+        site = demo.prepare_demo(home)
+        config = cfgmod.load(site.config_path, home)
+        bundle = site.bundle_path
+
+        def on_ready(d: Any) -> None:
+            print(demo.render_samples(site, d.url), flush=True)
+
+    else:
+        path, state = cfgmod.locate(args.config, args.home)
+        if not path.exists():
+            raise EdgeError(
+                f"no configuration at {path}. Provision this box (`edge provision`, see "
+                "systemd/README.md), pass --config/--home, or try `edge run --demo` "
+                "/ 未找到配置：请先配置本机，或运行 edge run --demo 体验演示"
+            )
+        config = cfgmod.load(path, state)
+    return run_daemon(config, bundle=bundle, on_ready=on_ready)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -38,10 +38,47 @@ class Policy:
 
 @dataclass(frozen=True)
 class LaneConfig:
+    """A lane binds an input (a scanner, or the kiosk) to an actuator and a check-in list."""
+
     name: str
     kind: str
     list_id: str
     direction: Direction
+    scanner: str | None = None  # scanner device feeding this lane (None: kiosk/CLI only)
+    gate: str | None = None  # gate device (gate lanes)
+    gate_side: str = "in"  # which side of the gate this lane unlocks ("in"/"out")
+    locker: str | None = None  # locker bank device (locker lanes)
+    dedupe_s: float = 8.0  # the same ticket again within this window does nothing
+    display: bool = True  # show a short line for the visitor on the reader's display hook
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """Crowd thresholds (客流预警) for one zone: warn at `warn` persons, deny entries at `full`.
+    None: the bundle's zone capacity is `full` and `warn` is 80 % of it."""
+
+    name: str
+    warn: int | None = None
+    full: int | None = None
+
+
+@dataclass(frozen=True)
+class PrintingConfig:
+    receipt: str | None = None  # the counter's receipt printer
+    stations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # station -> printers
+    failover_after_s: float = 30.0  # a job held this long on its printer goes to the backup
+    retry_max_s: float = 10.0  # backoff cap between attempts on one printer
+    shop: str = "Edge Gateway"  # printed on receipts
+
+
+@dataclass(frozen=True)
+class LockerBankConfig:
+    """Compartment sizes of one locker device: size name -> doors; pickup codes' lifetime."""
+
+    device: str
+    sizes: dict[str, tuple[int, ...]]
+    pickup_hours: float = 48.0
+    door_close_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +102,10 @@ class BoxConfig:
     policy: Policy
     lanes: dict[str, LaneConfig]
     devices: dict[str, DeviceConfig] = field(default_factory=dict)
+    http_listen: str = "127.0.0.1:8800"
+    printing: PrintingConfig = field(default_factory=PrintingConfig)
+    zones: dict[str, ZoneConfig] = field(default_factory=dict)
+    lockers: dict[str, LockerBankConfig] = field(default_factory=dict)
 
 
 def locate(config: str | None, home: str | None) -> tuple[Path, Path | None]:
@@ -150,26 +191,60 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
         retention_days=pol.get("retention_days", int, 30),
     )
     pol.done()
-    lanes: dict[str, LaneConfig] = {}
-    for lane_name, table in root.get("lanes", dict, {}).items():
-        sec = _Section(path, f"lanes.{lane_name}", table)
-        if not _NAME.fullmatch(lane_name):
-            raise ConfigError(path, f"lanes.{lane_name}", "lane names: 1-32 of A-Z a-z 0-9 . _ -")
-        kind = sec.get("kind", str, "counter")
-        if kind not in LANE_KINDS:
-            raise ConfigError(path, f"lanes.{lane_name}.kind", f"one of {', '.join(LANE_KINDS)}")
-        direction = sec.get("direction", str, "entry")
-        if direction not in ("entry", "exit"):
-            raise ConfigError(path, f"lanes.{lane_name}.direction", "entry or exit")
-        lanes[lane_name] = LaneConfig(lane_name, kind, sec.name("list"), Direction(direction))
-        sec.done()
+    devices = _devices(path, root.get("devices", dict, {}))
+    lanes = _lanes(path, root.get("lanes", dict, {}), devices)
+    http = _Section(path, "http", root.get("http", dict, {}))
+    listen = http.get("listen", str, "127.0.0.1:8800")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(path, "http.listen", "HOST:PORT, e.g. 127.0.0.1:8800")
+    http.done()
+    printing = _printing(path, root.get("printing", dict, {}), devices)
+    zones = _zones(path, root.get("zones", dict, {}))
+    lockers = _lockers(path, root.get("lockers", dict, {}), devices)
+    root.done()
+    return BoxConfig(
+        path,
+        site,
+        device,
+        anchor,
+        state_dir,
+        policy,
+        lanes,
+        devices,
+        listen,
+        printing,
+        zones,
+        lockers,
+    )
+
+
+def _check_name(path: Path, key: str, name: str, what: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(path, key, f"{what} names: 1-32 of A-Z a-z 0-9 . _ -")
+
+
+def _device_ref(
+    path: Path, sec: _Section, key: str, devices: dict[str, DeviceConfig], cls: str
+) -> str | None:
+    name: str | None = sec.get(key, str)
+    if name is None:
+        return None
+    dev = devices.get(name)
+    if dev is None:
+        raise ConfigError(path, f"{sec.prefix}.{key}", f"the name of a [devices.X] {cls}")
+    if dev.device_class != cls:
+        raise ConfigError(
+            path, f"{sec.prefix}.{key}", f"a {cls} device; {name} is a {dev.device_class}"
+        )
+    return name
+
+
+def _devices(path: Path, tables: dict[str, Any]) -> dict[str, DeviceConfig]:
     devices: dict[str, DeviceConfig] = {}
-    for dev_name, table in root.get("devices", dict, {}).items():
+    for dev_name, table in tables.items():
         sec = _Section(path, f"devices.{dev_name}", table)
-        if not _NAME.fullmatch(dev_name):
-            raise ConfigError(
-                path, f"devices.{dev_name}", "device names: 1-32 of A-Z a-z 0-9 . _ -"
-            )
+        _check_name(path, f"devices.{dev_name}", dev_name, "device")
         cls = sec.get("class", str, required=True)
         drivers = BACKENDS.get(cls)
         if drivers is None:
@@ -179,8 +254,140 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
             raise ConfigError(path, f"devices.{dev_name}.driver", f"one of {', '.join(drivers)}")
         devices[dev_name] = DeviceConfig(dev_name, cls, drv, sec.get("url", str, required=True))
         sec.done()
-    root.done()
-    return BoxConfig(path, site, device, anchor, state_dir, policy, lanes, devices)
+    return devices
+
+
+def _lanes(
+    path: Path, tables: dict[str, Any], devices: dict[str, DeviceConfig]
+) -> dict[str, LaneConfig]:
+    lanes: dict[str, LaneConfig] = {}
+    used: dict[str, str] = {}
+    for lane_name, table in tables.items():
+        sec = _Section(path, f"lanes.{lane_name}", table)
+        _check_name(path, f"lanes.{lane_name}", lane_name, "lane")
+        kind = sec.get("kind", str, "counter")
+        if kind not in LANE_KINDS:
+            raise ConfigError(path, f"lanes.{lane_name}.kind", f"one of {', '.join(LANE_KINDS)}")
+        direction = sec.get("direction", str, "entry")
+        if direction not in ("entry", "exit"):
+            raise ConfigError(path, f"lanes.{lane_name}.direction", "entry or exit")
+        scanner = _device_ref(path, sec, "scanner", devices, "scanner")
+        if scanner is not None:
+            if scanner in used:
+                raise ConfigError(
+                    path, f"lanes.{lane_name}.scanner", f"{scanner} already feeds {used[scanner]}"
+                )
+            used[scanner] = lane_name
+        gate = _device_ref(path, sec, "gate", devices, "gate")
+        locker = _device_ref(path, sec, "locker", devices, "locker")
+        if kind == "gate" and gate is None:
+            raise ConfigError(path, f"lanes.{lane_name}.gate", "a gate lane needs its gate device")
+        if kind == "locker" and locker is None:
+            raise ConfigError(path, f"lanes.{lane_name}.locker", "a locker lane needs its locker")
+        side = sec.get("gate_side", str, "in" if direction == "entry" else "out")
+        if side not in ("in", "out"):
+            raise ConfigError(path, f"lanes.{lane_name}.gate_side", "in or out")
+        dedupe = sec.get("dedupe_s", float, 8.0)
+        display = sec.get("display", bool, True)
+        lanes[lane_name] = LaneConfig(
+            lane_name,
+            kind,
+            sec.name("list"),
+            Direction(direction),
+            scanner,
+            gate,
+            side,
+            locker,
+            dedupe,
+            display,
+        )
+        sec.done()
+    return lanes
+
+
+def _printing(
+    path: Path, table: dict[str, Any], devices: dict[str, DeviceConfig]
+) -> PrintingConfig:
+    sec = _Section(path, "printing", table)
+    receipt = _device_ref(path, sec, "receipt", devices, "printer")
+    stations: dict[str, tuple[str, ...]] = {}
+    for station, names in sec.get("stations", dict, {}).items():
+        key = f"printing.stations.{station}"
+        _check_name(path, key, station, "station")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(path, key, 'a list of printer names, primary first: ["a", "b"]')
+        for n in names:
+            dev = devices.get(n)
+            if dev is None or dev.device_class != "printer":
+                raise ConfigError(path, key, f"{n!r} is not a [devices.X] printer")
+        stations[station] = tuple(names)
+    cfg = PrintingConfig(
+        receipt,
+        stations,
+        sec.get("failover_after_s", float, 30.0),
+        sec.get("retry_max_s", float, 10.0),
+        sec.get("shop", str, "Edge Gateway"),
+    )
+    sec.done()
+    return cfg
+
+
+def _zones(path: Path, tables: dict[str, Any]) -> dict[str, ZoneConfig]:
+    zones: dict[str, ZoneConfig] = {}
+    for name, table in tables.items():
+        sec = _Section(path, f"zones.{name}", table)
+        _check_name(path, f"zones.{name}", name, "zone")
+        warn = sec.get("warn", int)
+        full = sec.get("full", int)
+        if warn is not None and full is not None and warn > full:
+            raise ConfigError(path, f"zones.{name}.warn", f"at most full ({full})")
+        zones[name] = ZoneConfig(name, warn, full)
+        sec.done()
+    return zones
+
+
+def _lockers(
+    path: Path, tables: dict[str, Any], devices: dict[str, DeviceConfig]
+) -> dict[str, LockerBankConfig]:
+    banks: dict[str, LockerBankConfig] = {}
+    for name, table in tables.items():
+        sec = _Section(path, f"lockers.{name}", table)
+        dev = devices.get(name)
+        if dev is None or dev.device_class != "locker":
+            raise ConfigError(path, f"lockers.{name}", "named after a [devices.X] locker")
+        sizes: dict[str, tuple[int, ...]] = {}
+        seen: set[int] = set()
+        for size, spec in sec.get("sizes", dict, {"M": "1-24"}).items():
+            key = f"lockers.{name}.sizes.{size}"
+            doors = _door_list(path, key, spec)
+            if seen & set(doors):
+                raise ConfigError(path, key, "a door belongs to one size only")
+            seen |= set(doors)
+            sizes[size] = doors
+        banks[name] = LockerBankConfig(
+            name,
+            sizes,
+            sec.get("pickup_hours", float, 48.0),
+            sec.get("door_close_timeout_s", float, 120.0),
+        )
+        sec.done()
+    return banks
+
+
+def _door_list(path: Path, key: str, spec: Any) -> tuple[int, ...]:
+    """ "1-12,15" -> (1, ..., 12, 15)."""
+    if not isinstance(spec, str):
+        raise ConfigError(path, key, 'door numbers as a string, e.g. "1-12,15"')
+    doors: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ConfigError(path, key, f'door numbers as a string, e.g. "1-12,15"; got {spec!r}')
+        first, last = int(lo), int(hi or lo)
+        if not 1 <= first <= last <= 512:
+            raise ConfigError(path, key, f"doors from 1 to 512, low-high; got {part.strip()!r}")
+        doors.extend(range(first, last + 1))
+    return tuple(sorted(set(doors)))
 
 
 def render_minimal(site: str, device: str, anchor_name: str) -> str:

@@ -72,7 +72,52 @@ LEDGER_SCHEMA = Schema(
         # places for later entries, and a void gives back exactly what was taken.
         """
         ALTER TABLE redemptions ADD COLUMN counted INTEGER;
+        """,
+        # 3: locker pickups minted on this box (edge/pickups.py; codes kept as keyed hashes
+        # only), the state of locker doors that must outlive a restart (faulty, left open with
+        # a parcel inside, parcel expired), and the audit log of privileged actions.
         """
+        CREATE TABLE pickups (
+            id BLOB PRIMARY KEY,
+            code_hash BLOB NOT NULL,
+            code_fp TEXT NOT NULL,
+            device TEXT NOT NULL,
+            door INTEGER NOT NULL,
+            order_no TEXT NOT NULL,
+            size TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('active', 'picked', 'expired', 'cancelled')),
+            actor TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            redemption_id BLOB UNIQUE,
+            lane TEXT NOT NULL DEFAULT '',
+            replaces BLOB,
+            note TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        CREATE INDEX pickups_by_code ON pickups (code_hash);
+        CREATE UNIQUE INDEX pickups_active_code ON pickups (code_hash) WHERE state = 'active';
+        CREATE UNIQUE INDEX pickups_active_door ON pickups (device, door) WHERE state = 'active';
+        CREATE INDEX pickups_by_state ON pickups (state, expires_at);
+        CREATE TABLE locker_doors (
+            device TEXT NOT NULL,
+            door INTEGER NOT NULL,
+            fault TEXT NOT NULL DEFAULT '',
+            held TEXT NOT NULL DEFAULT '' CHECK (held IN ('', 'open', 'expired')),
+            order_no TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (device, door)
+        ) WITHOUT ROWID;
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        """,
     ],
 )
 
@@ -89,6 +134,8 @@ def _occupancy_share(
         n = persons if passed is None else passed
         return (n, 0, 0) if direction == "entry" else (0, n if counted is None else counted, 0)
     return (0, 0, 0)
+
+
 # Checkpoints belong off the redeem path (`Ledger.checkpoint`, run by a maintenance task); this
 # automatic one is only a cap on the WAL for a process that never runs maintenance.
 WAL_CAP_PAGES = 16384
@@ -215,6 +262,12 @@ class Ledger:
         values[10] = bool(values[10])
         values[18] = bool(values[18])
         return Redemption(*values)
+
+    def pending(self) -> list[Redemption]:
+        ids = self.conn.execute(
+            "SELECT id FROM redemptions WHERE state = 'pending' ORDER BY created_at"
+        ).fetchall()
+        return [r for (rid,) in ids if (r := self.get(bytes(rid))) is not None]
 
     def recent(self, limit: int = 20) -> list[Redemption]:
         ids = self.conn.execute(

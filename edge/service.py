@@ -171,6 +171,42 @@ class RedemptionService:
             )
         return self._require(redemption_id)
 
+    def identify_id(self, text: str, lane: str, at: float | None = None) -> str | None:
+        """The canonical id a scan stands for (None when it does not verify). Writes nothing and
+        counts no failure: lanes use it to recognise the same ticket read again."""
+        now = self.clock() if at is None else at
+        try:
+            if not self.view.refresh():
+                return None
+            return self.identifier.identify(
+                text, self._lane(lane).name, now, False
+            ).cred.canonical_id
+        except CodeError:
+            return None
+
+    def zone_full(self, zone_id: str | None, zone: dict[str, Any] | None = None) -> int | None:
+        """The zone's capacity: the config's `full` threshold if set, else the bundle's."""
+        if zone_id is None:
+            return None
+        cfg = self.config.zones.get(zone_id)
+        if cfg is not None and cfg.full is not None:
+            return cfg.full
+        if zone is None:
+            st = self.view.state
+            zone = st.zones.get(zone_id, {}) if st is not None else {}
+        cap = zone.get("capacity")
+        return int(cap) if isinstance(cap, int) else None
+
+    def pending(self) -> list[Redemption]:
+        """Redemptions still waiting for their passage."""
+        return self.ledger.pending()
+
+    def record_event(self, kind: str, body: dict[str, Any], at: float | None = None) -> None:
+        """An event for the cloud (passage, alert, print result) in its own transaction."""
+        now = self.clock() if at is None else at
+        with transaction(self.ledger.conn):
+            self.ledger.append_event(kind, body, now)
+
     def import_bundle(self, path: Path, at: float | None = None) -> ImportResult:
         """Verify and activate a bundle. Raises BundleRefused; the active cache then stays."""
         now = self.clock() if at is None else at
@@ -311,7 +347,7 @@ class RedemptionService:
             cache_stale=self._stale(now),
             revoked=self.view.is_revoked(cid),
             blocked=self.view.is_blocked(cid),
-            zone_capacity=zone.get("capacity"),
+            zone_capacity=self.zone_full(lst.zone, zone),
             zone_load=self.ledger.zone_load(lst.zone, self._day(now)) if lst.zone else 0,
         )
         verdict: Verdict = evaluate(cred, lst, priors, ctx)

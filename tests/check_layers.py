@@ -21,7 +21,7 @@ FORBIDDEN = {
     "sync": {"drivers", "kiosk_ui"},
     "kiosk_ui": {"drivers", "sync"},
 }
-COMPOSITION_ROOT = {Path("edge/app.py"), Path("edge/cli.py")}
+COMPOSITION_ROOT = {Path("edge/app.py"), Path("edge/cli.py"), Path("edge/demo.py")}
 
 
 def imported_packages(path: Path) -> set[str]:

@@ -101,7 +101,7 @@ def test_a_version_1_ledger_is_migrated_to_version_2(tmp_path: Path) -> None:
     )
     conn.close()
     ledger = Ledger(path)
-    assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == LEDGER_SCHEMA.version
     r = ledger.get(b"\x00")
     assert r is not None and r.counted is None and r.direction == "exit"
     ledger.close()

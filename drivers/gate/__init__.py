@@ -25,6 +25,8 @@ Contract, written once for every gate driver:
   input replies are retried until the window's deadline, and if the inputs do not come back (or
   a later pulse gets no reply) it returns the persons counted so far with `Passage.error` set
   (and `timed_out=True` when the window ran out). Do not retry such a Passage blindly either.
+- `cancel()` (from any thread) ends a running `open()` early: no further pulse, and it returns
+  the persons counted so far with `Passage.error` saying it was cancelled (a daemon stopping).
 - `open()` with no arguments forces the gate's relays off, so a relay left energised by a crashed
   process does not keep the gate unlocked after a restart (PROTOCOLS.md 1.5).
 - Public methods validate and log, then call one abstract hook: `open()` -> `_acquire` or
@@ -34,6 +36,7 @@ Contract, written once for every gate driver:
 from __future__ import annotations
 
 import logging
+import threading
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal, overload
@@ -127,6 +130,11 @@ class Gate(Device):
         super().__init__(name, url)
         check_options(name, options)
         self.options = options
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """End a running `open()` early (thread-safe); see the module docstring."""
+        self._cancel.set()
 
     @overload
     def open(self) -> None: ...
@@ -172,6 +180,7 @@ class Gate(Device):
         if not 0 < window <= MAX_WINDOW_S:
             raise ValueError(f"{self.name}: window_s must be > 0 and <= {MAX_WINDOW_S:g}")
         check_ttl(self.name, f"open {side}", issued_at, ttl)
+        self._cancel.clear()
         log.info("gate open", extra={"device": self.name, "direction": side, "persons": persons})
         passage = self._admit(side, persons, window)
         log.log(

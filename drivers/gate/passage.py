@@ -18,6 +18,7 @@ from drivers.gate import Direction, Gate, GateInputs, GateOptions, Passage
 
 log = logging.getLogger(__name__)
 
+CANCELLED = "cancelled before the passage window ended"
 # A controller only sees a second unlock as such after the contact has opened again; LCUS boards
 # also drop commands closer than ~100 ms (PROTOCOLS.md 2.2).
 PULSE_GAP_S = 0.1
@@ -92,6 +93,8 @@ class PulseGate(Gate):
         levels = self._read_levels() if self._needs_levels() else None
         passed = 0
         for n in range(persons):
+            if self._cancel.is_set():
+                return Passage(passed, persons, False, False, error=CANCELLED)
             if n and opts.fire_input is not None:
                 # The alarm may have started since the last read: a lane without PASS has no
                 # wait loop to notice it, so look again right before every further pulse.
@@ -123,7 +126,8 @@ class PulseGate(Gate):
                 if left <= 0:
                     error = f"inputs lost: {lost}" if lost else None
                     return Passage(passed, persons, timed_out=True, fire=False, error=error)
-                time.sleep(min(poll, left))
+                if self._cancel.wait(min(poll, left)):
+                    return Passage(passed, persons, False, False, error=CANCELLED)
                 # A lost reply after the pulse went out must not abort: keep polling until the
                 # window's deadline, keeping the last good levels for the edge detection.
                 read, why = self._try_read()

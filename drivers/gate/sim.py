@@ -73,9 +73,13 @@ class SimGate(Gate):
 
     def _make_driver(self, path: str) -> PulseGate:
         url = f"serial://{path}?{urlencode(self._gate_params)}"
-        if self.sim_options.board == "lcus":
-            return LcusGate(self.name, url)
-        return ModbusRelayGate(self.name, url)
+        driver: PulseGate = (
+            LcusGate(self.name, url)
+            if self.sim_options.board == "lcus"
+            else ModbusRelayGate(self.name, url)
+        )
+        driver._cancel = self._cancel  # cancel() on the sim reaches the real driver's loop
+        return driver
 
     def _start_board(self) -> ModbusRelayBoard | LcusBoard:
         o = self.sim_options

@@ -1,0 +1,430 @@
+"""The box's parts wired together: databases, devices, lanes, print spool, lockers, occupancy,
+metrics and the audit log. The daemon (edge/daemon.py) runs it; the HTTP API (edge/http.py) and
+the kiosk call its methods. The database objects live on one thread (`db`), every device on its
+own; the rest runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from drivers.errors import DriverUnavailable
+from edge.bus import EventBus
+from edge.cache import ImportResult
+from edge.config import BoxConfig
+from edge.decision import Decision
+from edge.devices import DeviceSlot, make_slot
+from edge.lanes import Lane
+from edge.lockers import LockerBank
+from edge.metrics import CONTENT_TYPE, Registry
+from edge.occupancy import CrowdWatch, ZoneLevel
+from edge.pickups import PickupStore
+from edge.rules import Reason
+from edge.runner import Runner
+from edge.service import RedemptionService
+from edge.spool import PrintSpool
+from edge.store import transaction
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+Loop = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside our loop: the daemon owns the signals, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+class Box:
+    def __init__(self, config: BoxConfig, *, token: str) -> None:
+        self.config = config
+        self.token = token
+        self.bus = EventBus()
+        self.db = Runner("db")
+        self.svc: RedemptionService | None = None
+        self.crowd: CrowdWatch | None = None
+        self.slots: dict[str, DeviceSlot] = {}
+        self.lanes: dict[str, Lane] = {}
+        self.lockers: dict[str, LockerBank] = {}
+        self.spool: PrintSpool | None = None
+        self.zones: list[ZoneLevel] = []
+        self.stats: dict[str, Any] = {"outbox_depth": 0, "cache_age_s": None, "print_queue": {}}
+        self.stopping = False
+        self.metrics = Registry()
+        m = self.metrics
+        self.m_decisions = m.counter(
+            "edge_decisions_total", "Decisions by lane and reason", labels=("lane", "reason")
+        )
+        self.m_latency = m.histogram(
+            "edge_scan_to_actuator_seconds",
+            "From a scan to the gate command (or the decision where nothing moves)",
+            buckets=LATENCY_BUCKETS,
+            labels=("lane",),
+        )
+        m.gauge_fn(
+            "edge_outbox_depth", "Events waiting for the cloud", lambda: self.stats["outbox_depth"]
+        )
+        m.gauge_fn(
+            "edge_print_queue",
+            "Print jobs queued or held, per printer",
+            lambda: {(p,): float(n) for p, n in self.stats["print_queue"].items()},
+            labels=("printer",),
+        )
+        m.gauge_fn(
+            "edge_device_up",
+            "1 when the device is open and answering",
+            lambda: {(n, s.device_class): float(s.up) for n, s in self.slots.items()},
+            labels=("device", "class"),
+        )
+        m.gauge_fn(
+            "edge_cache_age_seconds",
+            "Age of the active code bundle",
+            lambda: float(
+                self.stats["cache_age_s"] if self.stats["cache_age_s"] is not None else -1
+            ),
+        )
+        m.gauge_fn(
+            "edge_zone_occupancy",
+            "Persons inside (confirmed) per zone",
+            lambda: {(z.zone,): float(z.inside) for z in self.zones},
+            labels=("zone",),
+        )
+        m.gauge_fn(
+            "edge_zone_pending",
+            "Entries admitted, passage not yet seen, per zone",
+            lambda: {(z.zone,): float(z.pending) for z in self.zones},
+            labels=("zone",),
+        )
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def start(self, *, full_check: bool, bundle: Path | None = None) -> None:
+        self.bus.bind(asyncio.get_running_loop())
+        svc = await self.db.call(RedemptionService, self.config, full_check=full_check)
+        self.svc = svc
+        if bundle is not None:
+            result = await self.db.call(svc.import_bundle, bundle)
+            log.info("bundle %s seq %d imported", result.kind, result.seq)
+        voided = await self.db.call(
+            self._void_pending, "the box restarted before the passage was seen"
+        )
+        if voided:
+            log.warning("%d redemption(s) left pending by the last run were voided", voided)
+        self.crowd = CrowdWatch(svc)
+        for name, cfg in self.config.devices.items():
+            try:
+                self.slots[name] = make_slot(cfg, self.bus)
+            except DriverUnavailable as err:  # a library missing: degraded, not stuck
+                slot = DeviceSlot(cfg, None, Runner(f"dev-{name}"), self.bus)
+                slot.mark_down(str(err), "install the driver's extra / 安装驱动依赖")
+                self.slots[name] = slot
+        await asyncio.gather(*(s.open() for s in self.slots.values()))
+        printers = {n: s for n, s in self.slots.items() if s.device_class == "printer"}
+        self.spool = PrintSpool(
+            self.config.state_dir / "spool.db",
+            self.config.printing,
+            printers,
+            self.bus,
+            record=self.record,
+        )
+        await self.spool.open()
+        store = await self.db.call(PickupStore, svc.ledger)
+        for name, bank_cfg in self.config.lockers.items():
+            self.lockers[name] = LockerBank(
+                bank_cfg,
+                self.slots[bank_cfg.device],
+                self.db,
+                store,
+                self.bus,
+                print_slip=self._print_slip,
+                audit=self.audit,
+            )
+        for name, lane_cfg in self.config.lanes.items():
+            self.lanes[name] = Lane(
+                lane_cfg,
+                db=self.db,
+                svc=svc,
+                bus=self.bus,
+                hooks=self,
+                scanner=self.slots.get(lane_cfg.scanner or ""),
+                gate=self.slots.get(lane_cfg.gate or ""),
+                lockers=self.lockers.get(lane_cfg.locker or ""),
+            )
+            for reason in Reason:
+                self.m_decisions.inc(0, lane=name, reason=str(reason))
+        await self.refresh_stats()
+
+    def loops(self) -> list[tuple[str, Loop]]:
+        """The long-lived loops the daemon supervises."""
+        out: list[tuple[str, Loop]] = []
+        for name, slot in self.slots.items():
+            out.append((f"device-{name}", slot.keep_open))
+        for name, lane in self.lanes.items():
+            out.append((f"lane-{name}", lane.serve))
+            if lane.scanner is not None:
+                out.append((f"scanner-{name}", lane.read_scanner))
+            if lane.gate is not None:
+                out.append((f"fire-{name}", lane.watch_fire))
+        assert self.spool is not None
+        out.append(("spool", self.spool.run))
+        return out
+
+    async def stop_lanes(self, grace_s: float) -> None:
+        """Stop taking scans; a passage in progress gets `grace_s`, then is cut short."""
+        self.stopping = True
+        for lane in self.lanes.values():
+            lane.accepting = False
+        deadline = time.monotonic() + grace_s
+        while any(lane.state.busy for lane in self.lanes.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for lane in self.lanes.values():
+            lane.cancel_inflight()
+
+    async def close(self) -> None:
+        """Persist and release everything; safe after a failed start. Idempotent."""
+        self.stopping = True
+        if self.spool is not None:
+            with contextlib.suppress(Exception):
+                await self.spool.close()
+        if self.svc is not None:
+            with contextlib.suppress(Exception):
+                n = await self.db.call(
+                    self._void_pending, "the box stopped before the passage was seen"
+                )
+                if n:
+                    log.warning("%d pending redemption(s) voided at shutdown", n)
+        await asyncio.gather(*(s.close() for s in self.slots.values()), return_exceptions=True)
+        if self.svc is not None:
+            svc, self.svc = self.svc, None
+            with contextlib.suppress(Exception):
+                await self.db.call(svc.close)
+        self.db.close()
+        self.bus.close()
+
+    def _void_pending(self, why: str) -> int:
+        assert self.svc is not None
+        pending = self.svc.pending()
+        for r in pending:
+            self.svc.void(r.id, why)
+        return len(pending)
+
+    async def import_bundle(self, path: Path, at: float | None = None) -> ImportResult:
+        """Verify and activate a bundle off the database thread (a million-code snapshot must
+        not hold up the lanes); the ledger event follows. Raises BundleRefused."""
+        assert self.svc is not None
+        svc = self.svc
+        now = time.time() if at is None else at
+        result = await asyncio.to_thread(svc.cache.import_file, path, now)
+        await self.db.call(
+            svc.record_event, "bundle_applied", {"seq": result.seq, "kind": result.kind}, now
+        )
+        await self.db.call(svc.view.refresh)
+        self.bus.publish("bundle", seq=result.seq, kind=result.kind, counts=result.counts)
+        return result
+
+    # -- hooks for lanes, spool, lockers -------------------------------------------------------
+
+    def observe(self, lane: str, decision: Decision, latency_s: float | None) -> None:
+        self.m_decisions.inc(lane=lane, reason=str(decision.reason))
+        if latency_s is not None:
+            self.m_latency.observe(latency_s, lane=lane)
+
+    async def record(self, kind: str, body: dict[str, Any]) -> None:
+        """An event for the cloud (outbox) that is not part of a redemption's transaction."""
+        assert self.svc is not None
+        await self.db.call(self.svc.record_event, kind, body)
+
+    async def audit(self, actor: str, action: str, target: str, detail: str) -> None:
+        """A privileged action: the audit table and its outbox event in one transaction."""
+        assert self.svc is not None
+        await self.db.call(self._audit, actor, action, target, detail)
+        self.bus.publish("audit", actor=actor, action=action, target=target, detail=detail)
+
+    def _audit(self, actor: str, action: str, target: str, detail: str) -> None:
+        assert self.svc is not None
+        ledger, now = self.svc.ledger, time.time()
+        with transaction(ledger.conn):
+            ledger.conn.execute(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                (now, actor, action, target, detail),
+            )
+            ledger.append_event(
+                "audit", {"actor": actor, "action": action, "target": target, "detail": detail}, now
+            )
+        log.warning("audit actor=%s action=%s target=%s %s", actor, action, target, detail)
+
+    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        assert self.svc is not None
+        conn = self.svc.ledger.conn
+
+        def rows() -> list[dict[str, Any]]:
+            cur = conn.execute(
+                "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            keys = ("id", "at", "actor", "action", "target", "detail")
+            return [dict(zip(keys, r, strict=True)) for r in cur]
+
+        return await self.db.call(rows)
+
+    async def occupancy_changed(self) -> None:
+        assert self.crowd is not None
+        zones, changed = await self.db.call(self.crowd.check)
+        self.zones = zones
+        for z in changed:
+            self.bus.publish("occupancy", alert=True, **z.to_json())
+        if not changed:
+            self.bus.publish("occupancy", alert=False, zones=[z.to_json() for z in zones])
+
+    async def _print_slip(self, data: dict[str, Any]) -> None:
+        assert self.spool is not None
+        target = self.config.printing.receipt
+        if target is None:
+            log.warning(
+                "no receipt printer configured: pickup slip for door %s not printed",
+                data.get("door"),
+            )
+            return
+        await self.spool.submit("pickup_slip", data, target=target, source="locker")
+
+    # -- supervisor actions (audited) ------------------------------------------------------------
+
+    async def set_emergency(self, on: bool, actor: str, note: str = "") -> dict[str, Any]:
+        await self.audit(
+            actor,
+            "emergency_free_passage",
+            "all gate lanes",
+            f"{'on' if on else 'off'} {note}".strip(),
+        )
+        for lane in self.lanes.values():
+            if lane.cfg.kind == "gate":
+                await lane.set_emergency(on)
+        return self.lanes_json()
+
+    async def manual_open(self, lane: str, actor: str, persons: int, note: str) -> dict[str, Any]:
+        target = self._lane(lane)
+        await self.audit(actor, "manual_open", lane, f"{persons} person(s): {note}")
+        return await target.manual_open(persons)
+
+    async def force_admit(self, code: str, lane: str, actor: str, note: str) -> dict[str, Any]:
+        target = self._lane(lane)
+        assert self.svc is not None
+        d = await self.db.call(self.svc.force_admit, code, lane, note=note, actor=actor)
+        await self.audit(actor, "force_admit", lane, f"{d.canonical_id or '-'}: {note}")
+        self.observe(lane, d, None)
+        out = d.to_json()
+        if d.admit and target.cfg.kind == "gate" and d.state == "pending":
+            out |= await target._open_gate(d, time.monotonic())
+        target._publish(out | {"source": "force_admit"})
+        return out
+
+    def _lane(self, name: str) -> Lane:
+        lane = self.lanes.get(name)
+        if lane is None:
+            raise KeyError(f"no lane named {name!r}")
+        return lane
+
+    # -- health, status, metrics -------------------------------------------------------------
+
+    async def health_check(self, timeout: float) -> bool:
+        """The database thread answers and the ledger is readable."""
+        assert self.svc is not None
+        svc = self.svc
+        try:
+            await asyncio.wait_for(self.db.call(svc.ledger.outbox_depth), timeout)
+        except Exception as err:
+            log.error("health check failed: %s", err)
+            return False
+        return True
+
+    async def refresh_stats(self) -> None:
+        assert self.svc is not None and self.crowd is not None
+        svc, crowd = self.svc, self.crowd
+
+        def gather() -> tuple[int, float | None, list[ZoneLevel]]:
+            svc.view.refresh()
+            st = svc.view.state
+            age = time.time() - st.issued_at if st is not None else None
+            return svc.ledger.outbox_depth(), age, crowd.zones(time.time())
+
+        depth, age, self.zones = await self.db.call(gather)
+        self.stats["outbox_depth"], self.stats["cache_age_s"] = depth, age
+        if self.spool is not None:
+            self.stats["print_queue"] = await self.spool.queue_depths()
+
+    async def render_metrics(self) -> tuple[str, str]:
+        await self.refresh_stats()
+        return self.metrics.render(), CONTENT_TYPE
+
+    async def maintenance(self) -> None:
+        """Periodic: checkpoint the WAL off the redemption path, expire pickups, refresh stats."""
+        assert self.svc is not None
+        ledger = self.svc.ledger
+        await asyncio.to_thread(ledger.checkpoint, "PASSIVE")
+        for bank in self.lockers.values():
+            await bank.expire()
+        await self.refresh_stats()
+
+    def degraded(self) -> list[str]:
+        return [n for n, s in self.slots.items() if not s.up]
+
+    def status_line(self) -> str:
+        down = self.degraded()
+        lanes = len(self.lanes)
+        if down:
+            return f"degraded 降级: {', '.join(down)} down; {lanes} lanes"
+        return f"running 运行中: {lanes} lanes, {len(self.slots)} devices up"
+
+    def lanes_json(self) -> dict[str, Any]:
+        return {n: lane.to_json() for n, lane in self.lanes.items()}
+
+    async def status(self) -> dict[str, Any]:
+        assert self.svc is not None
+        st = await self.db.call(self.svc.status)
+        await self.refresh_stats()
+        return st | {
+            "state": "stopping" if self.stopping else ("degraded" if self.degraded() else "ok"),
+            "devices": [s.to_json() for s in self.slots.values()],
+            "lanes": self.lanes_json(),
+            "zones": [z.to_json() for z in self.zones],
+            "print_queue": self.stats["print_queue"],
+        }
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def http_server(self) -> tuple[_Server, socket.socket]:
+        """The server and its already bound socket (a port in use is our clear error)."""
+        from edge.http import create_app
+
+        host, _, port = self.config.http_listen.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError as err:
+            sock.close()
+            raise OSError(
+                f"cannot listen on {self.config.http_listen} ([http] listen in "
+                f"{self.config.path}): {err.strerror}"
+            ) from err
+        sock.listen(128)
+        config = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        return _Server(config), sock

@@ -1,0 +1,64 @@
+"""The CLI's way to a running daemon: while it runs it is the only writer, so state-changing
+commands (redeem, bundle import, scan) go through its loopback API with the box's local token."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+
+
+class DaemonError(EdgeError):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"daemon answered {status}: {detail}")
+
+
+def daemon_url(state_dir: Path) -> str | None:
+    """The API address of the daemon running on this state directory, or None."""
+    try:
+        info = json.loads((state_dir / "daemon.json").read_text())
+        pid, url = int(info["pid"]), str(info["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # left behind by a killed daemon
+    except PermissionError:
+        pass  # running as another user (the service user): it is alive
+    return url
+
+
+def call(state_dir: Path, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    url = daemon_url(state_dir)
+    if url is None:
+        raise EdgeError(f"no daemon is running for {state_dir}")
+    try:
+        token = (state_dir / "api-token").read_text().strip()
+    except OSError as err:
+        raise EdgeError(f"cannot read the API token in {state_dir}: {err.strerror}") from err
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        try:
+            detail = json.loads(err.read()).get("detail", err.reason)
+        except (ValueError, AttributeError):
+            detail = err.reason
+        raise DaemonError(err.code, str(detail)) from err
+    except urllib.error.URLError as err:
+        raise EdgeError(f"daemon at {url} did not answer: {err.reason}") from err

@@ -1,0 +1,418 @@
+"""Lanes: a scanner bound to a gate direction, a locker bank or a counter, and a check-in list.
+
+Gate lane: scan -> decision -> (admit) PENDING redemption, durable -> gate open -> passage within
+the window -> CONFIRMED (the persons counted); no passage -> VOIDED, the ticket usable again. The
+same ticket read again while its visitor is still at the reader does nothing (dedupe by canonical
+id). The hardware fire input puts the lane in free passage: it reports it and sends no command;
+the supervisor's "emergency free passage" is a separate, audited software mode that opens for
+anyone and can never clear the hardware input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drivers.errors import DriverError, StaleCommand
+from drivers.gate import Gate, Passage
+from drivers.scanner import Scanner
+from edge.bus import EventBus
+from edge.codes import code_fingerprint
+from edge.config import LaneConfig
+from edge.decision import REASON_TEXT, Decision
+from edge.devices import DeviceDown, DeviceSlot
+from edge.rules import Reason
+from edge.runner import Runner
+from edge.service import RedemptionService
+
+log = logging.getLogger(__name__)
+
+# What the visitor reads on the lane's display (short: a 2x16 or 4x20 customer display).
+LINE_PASS = ("请通行", "Please pass")
+LINE_FIRE = ("消防疏散 请通行", "Emergency exit open")
+LINE_FREE = ("紧急放行 请通行", "Free passage")
+LINE_FAULT = ("设备故障 请找工作人员", "Gate fault, ask staff")
+LINE_WAIT = ("请稍候", "Please wait")
+SHORT_LINES: dict[Reason, tuple[str, str]] = {
+    Reason.ALREADY_USED: ("票已使用", "Ticket already used"),
+    Reason.USED_ELSEWHERE: ("票已在他处使用", "Used at another gate"),
+    Reason.EXPIRED: ("票已过期", "Ticket expired"),
+    Reason.NOT_YET_VALID: ("未到使用日期", "Not valid yet"),
+    Reason.WRONG_SLOT: ("不在预约时段", "Outside your time slot"),
+    Reason.CAPACITY_FULL: ("已满 请稍候", "Full, please wait"),
+    Reason.PASSBACK: ("请先出园", "Exit first"),
+    Reason.UNKNOWN_CODE: ("无效码", "Unknown code"),
+    Reason.MALFORMED: ("无法识别", "Code not readable"),
+}
+FIRE_POLL_S = 1.0
+
+
+def display_line(reason: Reason) -> tuple[str, str]:
+    if reason is Reason.OK:
+        return LINE_PASS
+    return SHORT_LINES.get(reason, REASON_TEXT[reason])
+
+
+_Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
+
+
+class Hooks(Protocol):
+    """What a lane needs from the daemon besides the service: metrics, events, occupancy."""
+
+    def observe(self, lane: str, decision: Decision, latency_s: float | None) -> None: ...
+    async def record(self, kind: str, body: dict[str, Any]) -> None: ...
+    async def occupancy_changed(self) -> None: ...
+
+
+class PickupHandler(Protocol):
+    async def pickup(self, code: str, lane: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class LaneState:
+    fire: bool = False  # the hardware fire input reports an alarm
+    emergency: bool = False  # the supervisor's software free passage
+    busy: bool = False  # a gate open is running
+    scans: int = 0
+    duplicates: int = 0
+    last: dict[str, Any] | None = None
+    recent: dict[str, float] = field(default_factory=dict)  # canonical id -> monotonic deadline
+
+
+class Lane:
+    def __init__(
+        self,
+        cfg: LaneConfig,
+        *,
+        db: Runner,
+        svc: RedemptionService,
+        bus: EventBus,
+        hooks: Hooks,
+        scanner: DeviceSlot | None = None,
+        gate: DeviceSlot | None = None,
+        lockers: PickupHandler | None = None,
+    ) -> None:
+        self.cfg, self.db, self.svc, self.bus, self.hooks = cfg, db, svc, bus, hooks
+        self.scanner, self.gate, self.lockers = scanner, gate, lockers
+        self.state = LaneState()
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=64)
+        self.accepting = True
+        self.inflight: str | None = None  # redemption id waiting for its passage
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    # -- loops (the daemon supervises them) -------------------------------------------------
+
+    async def read_scanner(self, stop: asyncio.Event) -> None:
+        """Hand every scan from the lane's scanner to the lane. Never two reads at once."""
+        slot = self.scanner
+        assert slot is not None
+        while not stop.is_set():
+            if not slot.up:
+                await _sleep_or_stop(stop, 0.2)
+                continue
+            try:
+                scan = await slot.call(Scanner.read, 0.2)
+            except DeviceDown:
+                continue
+            except DriverError as err:  # unplugged: down until the supervisor reopens it
+                slot.mark_down(str(err), "check the scanner's cable / 检查扫码器连接")
+                continue
+            if scan is None or not self.accepting:
+                continue
+            t0 = time.monotonic() - max(0.0, time.time() - scan.timestamp)
+            try:
+                self.queue.put_nowait((scan.text, t0, "scanner", None))
+            except asyncio.QueueFull:
+                log.warning("lane %s: scans arrive faster than they are handled", self.name)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                text, t0, source, fut = await asyncio.wait_for(self.queue.get(), 0.5)
+            except TimeoutError:
+                continue
+            try:
+                result = await self.handle(text, t0=t0, source=source)
+            except Exception as err:
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+                raise
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+
+    async def watch_fire(self, stop: asyncio.Event) -> None:
+        """Mirror the gate's fire input (hardware wins; software only reports it)."""
+        gate = self.gate
+        assert gate is not None
+        while not stop.is_set():
+            if gate.up and not self.state.busy:
+                try:
+                    inputs = await gate.call(Gate.inputs)
+                except DeviceDown:
+                    pass
+                except DriverError as err:
+                    log.warning("lane %s: gate inputs: %s", self.name, err)
+                else:
+                    await self._set_fire(inputs.fire is True)
+            await _sleep_or_stop(stop, FIRE_POLL_S)
+
+    # -- one scan ----------------------------------------------------------------------------
+
+    async def submit(self, text: str, source: str = "kiosk") -> dict[str, Any]:
+        """A code typed at the kiosk or injected for this lane (`edge scan`): handled in turn
+        with the scanner's scans; returns what the lane showed."""
+        if not self.accepting:
+            raise RuntimeError(f"lane {self.name} is stopping")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((text, time.monotonic(), source, fut))
+        return await fut
+
+    async def handle(
+        self, text: str, *, t0: float | None = None, source: str = "scanner"
+    ) -> dict[str, Any]:
+        """Decide and act on one scan; returns what was shown (for the API and the tests)."""
+        t0 = time.monotonic() if t0 is None else t0
+        self.state.scans += 1
+        fp = code_fingerprint(text)
+        if self.cfg.kind == "gate" and (self.state.fire or self.state.emergency):
+            return await self._free_passage(fp, t0)
+        if self.cfg.kind == "locker" and self.lockers is not None and _pickup_like(text):
+            result = await self.lockers.pickup(text, self.name)
+            self._feedback(bool(result.get("ok")), (result["line_zh"], result["line_en"]))
+            return self._publish({"lane": self.name, "source": source, "code_fp": fp, **result})
+        if self.cfg.kind == "gate":
+            cid = await self.db.call(self.svc.identify_id, text, self.name)
+            now = time.monotonic()
+            if cid is not None and self.state.recent.get(cid, 0.0) > now:
+                self.state.duplicates += 1
+                log.debug("lane %s: %s read again while at the reader: ignored", self.name, fp)
+                return {"lane": self.name, "duplicate": True, "code_fp": fp}
+        if self.cfg.kind == "gate" and (self.gate is None or not self.gate.up):
+            # The gate cannot open: say so and record nothing (the ticket stays unused).
+            decision = await self.db.call(self.svc.validate, text, self.name)
+            self._feedback(False, LINE_FAULT)
+            self.hooks.observe(self.name, decision, None)
+            return self._publish(
+                decision.to_json()
+                | {
+                    "source": source,
+                    "code_fp": fp,
+                    "gate_down": True,
+                    "line_zh": LINE_FAULT[0],
+                    "line_en": LINE_FAULT[1],
+                }
+            )
+        decision = await self.db.call(self.svc.redeem, text, self.name)
+        latency = time.monotonic() - t0
+        outcome: dict[str, Any] = {}
+        if decision.admit and self.cfg.kind == "gate":
+            outcome = await self._open_gate(decision, t0)
+            latency = outcome.pop("latency_s", latency)
+        else:
+            self._feedback(decision.admit, display_line(decision.reason))
+        self.hooks.observe(self.name, decision, latency)
+        log.info(
+            "decision lane=%s reason=%s code=%s latency_ms=%.1f",
+            self.name,
+            decision.reason,
+            fp,
+            latency * 1000,
+            extra={"lane": self.name, "reason": str(decision.reason), "code_fp": fp},
+        )
+        if decision.admit and decision.list_id:
+            await self.hooks.occupancy_changed()
+        zh, en = display_line(decision.reason)
+        return self._publish(
+            decision.to_json()
+            | {
+                "source": source,
+                "code_fp": fp,
+                "line_zh": zh,
+                "line_en": en,
+                "latency_ms": round(latency * 1000, 2),
+            }
+            | outcome
+        )
+
+    async def _open_gate(self, d: Decision, t0: float) -> dict[str, Any]:
+        assert d.redemption_id is not None and d.canonical_id is not None
+        rid = bytes.fromhex(d.redemption_id)
+        gate = self.gate
+        assert gate is not None
+        persons = max(1, d.persons or 1)
+        self.inflight = d.redemption_id
+        self.state.busy = True
+        issued = time.monotonic()
+        latency = issued - t0
+        passage: Passage | None = None
+        why = ""
+        try:
+            self._feedback(True, LINE_PASS)
+            latency = time.monotonic() - t0
+            passage = await gate.call(gate_open, self.cfg.gate_side, persons, issued_at=issued)
+        except StaleCommand as err:
+            why = f"gate command dropped: {err}"
+        except (DeviceDown, DriverError) as err:
+            why = f"gate did not open: {err}"
+        finally:
+            self.state.busy = False
+        self.state.recent[d.canonical_id] = time.monotonic() + self.cfg.dedupe_s
+        self._prune_recent()
+        result: dict[str, Any] = {"latency_s": latency}
+        try:
+            if passage is None:
+                self._feedback(False, LINE_FAULT)
+                await self.db.call(self.svc.void, rid, why)
+                result |= {"passed": 0, "state": "voided", "why": why}
+            else:
+                if passage.fire:
+                    await self._set_fire(True)
+                if passage.passed > 0:
+                    await self.db.call(self.svc.confirm, rid, passage.passed)
+                    result |= {"passed": passage.passed, "state": "confirmed"}
+                else:
+                    why = passage.error or ("fire alarm" if passage.fire else "nobody passed")
+                    await self.db.call(self.svc.void, rid, why)
+                    result |= {"passed": 0, "state": "voided", "why": why}
+                if passage.error:
+                    result["gate_error"] = passage.error
+            self.bus.publish(
+                "passage",
+                lane=self.name,
+                redemption_id=d.redemption_id,
+                requested=persons,
+                passed=result["passed"],
+                state=result["state"],
+            )
+        finally:
+            self.inflight = None
+        return result
+
+    async def _free_passage(self, fp: str, t0: float) -> dict[str, Any]:
+        """Fire (hardware) or emergency (software): no ticket check. During a fire alarm no
+        command is sent at all; in emergency mode the gate opens for anyone who scans."""
+        line = LINE_FIRE if self.state.fire else LINE_FREE
+        self._feedback(True, line)
+        out: dict[str, Any] = {
+            "lane": self.name,
+            "decision": "free_passage",
+            "fire": self.state.fire,
+            "emergency": self.state.emergency,
+            "code_fp": fp,
+            "line_zh": line[0],
+            "line_en": line[1],
+        }
+        if not self.state.fire and self.gate is not None:
+            try:
+                passage = await self.gate.call(
+                    gate_open, self.cfg.gate_side, 1, issued_at=time.monotonic()
+                )
+                out["passed"] = passage.passed
+            except (DeviceDown, DriverError) as err:
+                out["error"] = str(err)
+            await self.hooks.record(
+                "free_passage", {"lane": self.name, "passed": out.get("passed", 0)}
+            )
+        out["latency_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        return self._publish(out)
+
+    async def manual_open(self, persons: int = 1) -> dict[str, Any]:
+        """A supervisor lets persons through (audited by the caller); no ticket involved."""
+        if self.gate is None:
+            raise ValueError(f"lane {self.name} has no gate")
+        if self.state.fire:
+            return {"lane": self.name, "passed": 0, "fire": True}
+        passage = await self.gate.call(
+            gate_open, self.cfg.gate_side, persons, issued_at=time.monotonic()
+        )
+        return {
+            "lane": self.name,
+            "passed": passage.passed,
+            "requested": persons,
+            "fire": passage.fire,
+        }
+
+    async def set_emergency(self, on: bool) -> None:
+        self.state.emergency = on
+        self.bus.publish("lane", lane=self.name, emergency=on, fire=self.state.fire)
+
+    async def _set_fire(self, active: bool) -> None:
+        if active == self.state.fire:
+            return
+        self.state.fire = active
+        log.warning("lane %s: fire input %s", self.name, "ALARM" if active else "normal")
+        self.bus.publish("lane", lane=self.name, fire=active, emergency=self.state.emergency)
+        await self.hooks.record("fire_mode", {"lane": self.name, "active": active})
+
+    def cancel_inflight(self) -> None:
+        """Shutdown: end a running gate open now (what passed is still confirmed)."""
+        if self.gate is not None and self.gate.device is not None and self.state.busy:
+            dev = self.gate.device
+            assert isinstance(dev, Gate)
+            dev.cancel()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _feedback(self, good: bool, line: tuple[str, str]) -> None:
+        slot = self.scanner
+        if slot is None or not slot.up or slot.device is None:
+            return
+        text = f"{line[0]} {line[1]}" if self.cfg.display else None
+        fut = slot.runner.submit(Scanner.feedback, slot.device, good, text)  # type: ignore[arg-type]
+        fut.add_done_callback(_log_failure)
+
+    def _publish(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.state.last = data
+        self.bus.publish("decision", **data)
+        return data
+
+    def _prune_recent(self) -> None:
+        now = time.monotonic()
+        for cid in [c for c, until in self.state.recent.items() if until <= now]:
+            del self.state.recent[cid]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.cfg.kind,
+            "direction": str(self.cfg.direction),
+            "list": self.cfg.list_id,
+            "scanner": self.cfg.scanner,
+            "gate": self.cfg.gate,
+            "locker": self.cfg.locker,
+            "fire": self.state.fire,
+            "emergency": self.state.emergency,
+            "busy": self.state.busy,
+            "scans": self.state.scans,
+            "duplicates": self.state.duplicates,
+            "last": self.state.last,
+        }
+
+
+def gate_open(gate: Gate, side: str, persons: int, issued_at: float) -> Passage:
+    """`Gate.open` for a lane (the overloaded method, pinned to its passage form)."""
+    return gate.open(side, persons, issued_at=issued_at)
+
+
+def _pickup_like(text: str) -> bool:
+    """Box-minted pickup codes are exactly 7 digits (cloud codes are 8-16)."""
+    t = text.strip()
+    return len(t) == 7 and t.isdigit()
+
+
+def _log_failure(fut: Any) -> None:
+    err = fut.exception()
+    if err is not None:
+        log.warning("scanner feedback failed: %s", err)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

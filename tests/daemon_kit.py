@@ -1,0 +1,271 @@
+"""Run the real daemon in-process (its own loop on a thread) on simulated devices, for e2e tests.
+
+The test body stays synchronous: `d.api(...)` calls the HTTP API like the kiosk or the CLI would,
+`d.run(coro)` runs a coroutine on the daemon's loop, and `d.box.slots[...]` reaches a simulator
+(the turnstile, the lock board, the printer) to play the visitor or the staff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge.box import Box
+from edge.codes import Ticket
+from edge.config import load
+from edge.daemon import Daemon
+from edge.notify import Notifier
+from sync.hub.issuer import BundleContent, Hub, ShortCodeSpec, random_short_code
+
+T = TypeVar("T")
+SITE = "site-e2e"
+HOUR = 3600
+
+DEVICES = {
+    "scanner-in": ("scanner", "sim://?kind=serial&dedup=0.3"),
+    "gate-in": ("gate", "sim://?board=modbus&pass_delay_ms=150&window_s=1.5"),
+    "scanner-out": ("scanner", "sim://?kind=serial&dedup=0.3"),
+    "gate-out": ("gate", "sim://?board=modbus&pass_delay_ms=150&window_s=1.5"),
+    "scanner-in2": ("scanner", "sim://?kind=serial&dedup=0.3"),
+    "gate-in2": ("gate", "sim://?board=modbus&pass_delay_ms=150&window_s=1.5"),
+    "hot": ("printer", "sim://?profile=tm-t20"),
+    "hot2": ("printer", "sim://?profile=tm-t20"),
+    "bar": ("printer", "sim://?profile=xp-58"),
+    "receipt": ("printer", "sim://?profile=tm-t20"),
+    "wall": ("locker", "sim://?dialect=8a&doors=8&confirm_timeout=0.5"),
+    "locker-scanner": ("scanner", "sim://?kind=serial&dedup=0.3"),
+}
+LANES = """
+[lanes.entry]
+kind = "gate"
+list = "main-gate"
+scanner = "scanner-in"
+gate = "gate-in"
+dedupe_s = 3
+
+[lanes.entry2]
+kind = "gate"
+list = "main-gate"
+scanner = "scanner-in2"
+gate = "gate-in2"
+
+[lanes.exit]
+kind = "gate"
+direction = "exit"
+list = "main-gate"
+scanner = "scanner-out"
+gate = "gate-out"
+
+[lanes.counter]
+kind = "counter"
+list = "default"
+
+[lanes.lockers]
+kind = "locker"
+list = "default"
+scanner = "locker-scanner"
+locker = "wall"
+
+[printing]
+receipt = "receipt"
+failover_after_s = 0.8
+retry_max_s = 0.3
+stations.hot = ["hot", "hot2"]
+stations.bar = ["bar"]
+
+[lockers.wall]
+sizes.S = "1-4"
+sizes.L = "5-8"
+pickup_hours = 1
+door_close_timeout_s = 5
+"""
+
+
+@dataclass
+class Site:
+    root: Path
+    hub: Hub
+    home: Path
+    bundle: Path
+    now: float = field(default_factory=time.time)
+    vouchers: list[str] = field(default_factory=list)
+
+    def ticket(self, **kw: Any) -> str:
+        base: dict[str, Any] = dict(
+            kid=self.hub.active_kid(),
+            ticket_id=secrets.token_bytes(16),
+            site=SITE,
+            product="adult",
+            valid_from=int(self.now - HOUR),
+            valid_until=int(self.now + 8 * HOUR),
+        )
+        return self.hub.mint_ticket(Ticket(**(base | kw)))
+
+
+def make_site(
+    root: Path,
+    *,
+    devices: dict[str, tuple[str, str]] | None = None,
+    capacity: int | None = None,
+    zones_toml: str = "",
+) -> Site:
+    now = time.time()
+    hub = Hub.init(root / "hub", keys=1, not_before=int(now - 86400))
+    home = root / "box"
+    home.mkdir(parents=True)
+    (home / "trust-anchor.json").write_text((root / "hub" / "trust-anchor.json").read_text())
+    devs = DEVICES | (devices or {})
+    text = [
+        "[box]",
+        f'site = "{SITE}"',
+        'device = "box-e2e"',
+        'trust_anchor = "trust-anchor.json"',
+        "",
+        "[policy]",
+        "clock_max_unsynced_hours = 87600",
+        "",
+        "[http]",
+        'listen = "127.0.0.1:0"',
+        "",
+    ]
+    for name, (cls, url) in devs.items():
+        text += [f"[devices.{name}]", f'class = "{cls}"', 'driver = "sim"', f'url = "{url}"', ""]
+    (home / "edge.toml").write_text("\n".join(text) + LANES + zones_toml)
+    vouchers = [random_short_code(12) for _ in range(3)]
+    for code in vouchers:
+        hub.mint_short(
+            SITE,
+            ShortCodeSpec(
+                code,
+                secrets.token_bytes(16),
+                "tea",
+                int(now - HOUR),
+                int(now + 9 * HOUR),
+                kind="voucher",
+            ),
+        )
+    zone: dict[str, Any] = {"id": "main"}
+    if capacity is not None:
+        zone["capacity"] = capacity
+    content = BundleContent(
+        site_info={"timezone": "Asia/Shanghai", "rollover_hour": 4},
+        products=[
+            {"id": "adult", "name": "成人票 Adult"},
+            {"id": "family", "name": "家庭票 Family"},
+            {"id": "tea", "name": "茶 Tea"},
+        ],
+        lists=[
+            {
+                "id": "main-gate",
+                "zone": "main",
+                "products": ["adult", "family"],
+                "anti_passback": "hard",
+            },
+            {"id": "default", "products": ["*"]},
+        ],
+        zones=[zone],
+        short_codes=hub.minted_short_codes(SITE),
+    )
+    bundle = root / "snapshot.bundle"
+    hub.write_bundle(SITE, bundle, content, snapshot=True, now=int(now))
+    return Site(root, hub, home, bundle, now, vouchers)
+
+
+class Running:
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.loop = loop
+
+    @property
+    def box(self) -> Box:
+        assert self.daemon.box is not None
+        return self.daemon.box
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def api(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.daemon.url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.box.token if token is None else token}",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                ctype = resp.headers.get("content-type", "")
+                return resp.status, (json.loads(raw) if "json" in ctype else raw.decode())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def scan(self, lane: str, code: str) -> dict[str, Any]:
+        status, doc = self.api("POST", f"/api/v1/lanes/{lane}/scan", {"code": code})
+        assert status == 200, doc
+        result: dict[str, Any] = doc
+        return result
+
+    def wait(self, cond: Any, timeout: float = 10.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def running(
+    site: Site, *, bundle: bool = True, environ: dict[str, str] | None = None
+) -> Iterator[Running]:
+    config = load(site.home / "edge.toml", site.home)
+    loop = asyncio.new_event_loop()
+    daemon_box: list[Daemon] = []
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        d = Daemon(config, notifier=Notifier(environ or {}), bundle=site.bundle if bundle else None)
+        daemon_box.append(d)
+        try:
+            loop.run_until_complete(d.run())
+        except BaseException as err:  # reported to the test
+            errors.append(err)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="daemon-under-test")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (daemon_box and daemon_box[0].ready.is_set()):
+        if errors or not thread.is_alive():
+            thread.join()
+            raise AssertionError(f"daemon did not start: {errors}")
+        if time.monotonic() > deadline:
+            raise AssertionError("daemon not ready in 30 s")
+        time.sleep(0.02)
+    r = Running(daemon_box[0], loop)
+    try:
+        yield r
+    finally:
+        loop.call_soon_threadsafe(r.daemon.request_stop)
+        thread.join(30)
+        assert not thread.is_alive(), "daemon did not stop within 30 s"
+        if errors:
+            raise errors[0]
