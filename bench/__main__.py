@@ -20,11 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("area", choices=[*AREAS, "all"], help="benchmark area, or all of them")
     parser.add_argument("--quick", action="store_true", help="small sizes; runs in seconds")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to make the temporary work directory (default: system temp)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to make the temporary work directory (default: system temp)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--check", action="store_true",
-                        help="exit with status 1 when a figure misses the issue's target")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 1 when a figure misses the issue's target",
+    )
     args = parser.parse_args(argv)
     missed = 0
     for name in AREAS if args.area == "all" else [args.area]:

@@ -35,14 +35,19 @@ def _snapshot(figures: Figures, fixture: Fixture, sizes: Sizes) -> Path:
         config = fixture.make_box(fixture.workdir / f"box-{r}")
         out = subprocess.run(
             [sys.executable, "-m", "bench.workers", "snapshot", str(config), str(fixture.snapshot)],
-            check=True, capture_output=True, text=True)
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         doc = json.loads(out.stdout)
         mb = (doc["hwm_after_kb"] - doc["rss_before_kb"]) / 1024
         if not doc["peak_reset"]:
             progress("note: could not reset the peak RSS; growth is an upper bound")
-        progress(f"snapshot {r + 1}/{sizes.snapshot_repeats}: {doc['seconds']:.2f} s, "
-                 f"RSS {doc['rss_before_kb'] / 1024:.0f} MB -> peak "
-                 f"{doc['hwm_after_kb'] / 1024:.0f} MB, counts {doc['counts']}")
+        progress(
+            f"snapshot {r + 1}/{sizes.snapshot_repeats}: {doc['seconds']:.2f} s, "
+            f"RSS {doc['rss_before_kb'] / 1024:.0f} MB -> peak "
+            f"{doc['hwm_after_kb'] / 1024:.0f} MB, counts {doc['counts']}"
+        )
         seconds.append(doc["seconds"])
         growth.append(mb)
     figures.add("snapshot_1m_s", median(seconds), "s")
@@ -88,22 +93,35 @@ class _Phase:
         self.noise = Noise()
 
     def end(self) -> None:
-        progress(f"  {self.what}: done in {time.monotonic() - self.noise.start:.1f} s "
-                 f"({self.noise.describe()})")
+        progress(
+            f"  {self.what}: done in {time.monotonic() - self.noise.start:.1f} s "
+            f"({self.noise.describe()})"
+        )
 
 
-def _validate(figures: Figures, svc: RedemptionService, fixture: Fixture, sizes: Sizes,
-              config: Path) -> None:
+def _validate(
+    figures: Figures, svc: RedemptionService, fixture: Fixture, sizes: Sizes, config: Path
+) -> None:
     source = CodeSource(fixture, "validate")
     wait_quiet(sizes.quiet_s)
     phase = _Phase("validate, nothing else running")
     validate.report_idle(figures, validate.idle(svc, source, sizes.idle_samples))
     phase.end()
-    phase = _Phase(f"validate while deltas import, {sizes.rounds} round(s) of "
-                   f"{len(validate.VARIANTS)} importer variants")
-    validate.concurrent(figures, svc, source, config, fixture.deltas[sizes.deltas_timed :],
-                        sizes.validate_samples, sizes.rounds, fixture.workdir / "stop-importer",
-                        sizes.quiet_s)
+    phase = _Phase(
+        f"validate while deltas import, {sizes.rounds} round(s) of "
+        f"{len(validate.VARIANTS)} importer variants"
+    )
+    validate.concurrent(
+        figures,
+        svc,
+        source,
+        config,
+        fixture.deltas[sizes.deltas_timed :],
+        sizes.validate_samples,
+        sizes.rounds,
+        fixture.workdir / "stop-importer",
+        sizes.quiet_s,
+    )
     phase.end()
 
 

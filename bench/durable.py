@@ -47,13 +47,29 @@ def age_ledger(svc: RedemptionService, n: int, days: int = 30) -> None:
     with transaction(svc.ledger.conn):
         for i in range(n):
             at = now - (n - i) * step
-            svc.ledger.insert(Redemption(
-                id=os.urandom(16), canonical_id=os.urandom(16).hex(), list_id="default",
-                direction="entry", kind=KINDS[i % len(KINDS)], product="adult", zone=None,
-                persons=1, passed=1, state="confirmed", forced=False, note="", lane=LANE,
-                created_at=at, updated_at=at, business_day=time.strftime("%Y-%m-%d",
-                                                                        time.gmtime(at)),
-                valid_until=int(at) + 86400, cache_seq=1, clock_suspect=False))
+            svc.ledger.insert(
+                Redemption(
+                    id=os.urandom(16),
+                    canonical_id=os.urandom(16).hex(),
+                    list_id="default",
+                    direction="entry",
+                    kind=KINDS[i % len(KINDS)],
+                    product="adult",
+                    zone=None,
+                    persons=1,
+                    passed=1,
+                    state="confirmed",
+                    forced=False,
+                    note="",
+                    lane=LANE,
+                    created_at=at,
+                    updated_at=at,
+                    business_day=time.strftime("%Y-%m-%d", time.gmtime(at)),
+                    valid_until=int(at) + 86400,
+                    cache_seq=1,
+                    clock_suspect=False,
+                )
+            )
     svc.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
@@ -75,14 +91,16 @@ def background_checkpoints(svc: RedemptionService, period_s: float = 0.2) -> Ite
         worker.join()
 
 
-def redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int,
-           name: str = "redeem") -> None:
+def redeem(
+    figures: Figures, svc: RedemptionService, source: CodeSource, n: int, name: str = "redeem"
+) -> None:
     with background_checkpoints(svc):
         _redeem(figures, svc, source, n, name)
 
 
-def _redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int,
-            name: str) -> None:
+def _redeem(
+    figures: Figures, svc: RedemptionService, source: CodeSource, n: int, name: str
+) -> None:
     """Redeem n distinct codes (kinds round-robin) on a counter lane; each call commits.
 
     Checkpoints run in a background thread (as in the daemon); in WAL mode only a checkpoint
@@ -109,8 +127,10 @@ def _redeem(figures: Figures, svc: RedemptionService, source: CodeSource, n: int
         if not decision.admit:
             denied[f"{kind}:{decision.reason}"] += 1
         if (i + 1) % 2000 == 0:
-            progress(f"{name}: {i + 1}/{n} in {time.monotonic() - t0:.1f} s, p99 of the last "
-                     f"2000 {percentile(in_order[-2000:], 99):.3f} ms")
+            progress(
+                f"{name}: {i + 1}/{n} in {time.monotonic() - t0:.1f} s, p99 of the last "
+                f"2000 {percentile(in_order[-2000:], 99):.3f} ms"
+            )
     if denied:
         progress(f"WARNING {name}: denied decisions {dict(denied)}")
     figures.latency(name, in_order, p999=True)

@@ -46,17 +46,41 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(short_codes=1_000_000, revocations=100_000, keys=10, delta_codes=10_000,
-                   deltas_timed=5, deltas_spare=120, validate_samples=2000, rounds=3,
-                   idle_samples=2000, redeem=10_000, aged_ledger=300_000, fsync=2000,
-                   snapshot_repeats=3, quiet_s=120.0)
+        return cls(
+            short_codes=1_000_000,
+            revocations=100_000,
+            keys=10,
+            delta_codes=10_000,
+            deltas_timed=5,
+            deltas_spare=120,
+            validate_samples=2000,
+            rounds=3,
+            idle_samples=2000,
+            redeem=10_000,
+            aged_ledger=300_000,
+            fsync=2000,
+            snapshot_repeats=3,
+            quiet_s=120.0,
+        )
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(short_codes=20_000, revocations=2_000, keys=10, delta_codes=1_000,
-                   deltas_timed=3, deltas_spare=150, validate_samples=300, rounds=1,
-                   idle_samples=300, redeem=300, aged_ledger=3000, fsync=100,
-                   snapshot_repeats=1, quiet_s=0.0)
+        return cls(
+            short_codes=20_000,
+            revocations=2_000,
+            keys=10,
+            delta_codes=1_000,
+            deltas_timed=3,
+            deltas_spare=150,
+            validate_samples=300,
+            rounds=1,
+            idle_samples=300,
+            redeem=300,
+            aged_ledger=3000,
+            fsync=100,
+            snapshot_repeats=1,
+            quiet_s=0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +95,14 @@ class Fixture:
     @classmethod
     def load(cls, workdir: Path) -> Fixture:
         doc = json.loads((workdir / "fixture.json").read_text())
-        return cls(workdir, Path(doc["anchor"]), Path(doc["snapshot"]),
-                   [Path(p) for p in doc["deltas"]], Path(doc["holder_key"]), doc["pools"])
+        return cls(
+            workdir,
+            Path(doc["anchor"]),
+            Path(doc["snapshot"]),
+            [Path(p) for p in doc["deltas"]],
+            Path(doc["holder_key"]),
+            doc["pools"],
+        )
 
     def make_box(self, box: Path) -> Path:
         """A fresh box home (config, trust anchor; state in the same directory)."""
@@ -83,8 +113,9 @@ class Fixture:
 
 
 def build_in_child(workdir: Path, sizes: Sizes) -> Fixture:
-    subprocess.run([sys.executable, "-m", "bench.fixture", str(workdir), json.dumps(asdict(sizes))],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "bench.fixture", str(workdir), json.dumps(asdict(sizes))], check=True
+    )
     return Fixture.load(workdir)
 
 
@@ -92,18 +123,36 @@ def _short_specs(rng: random.Random, n: int, now: int) -> list[ShortCodeSpec]:
     specs = []
     for body in rng.sample(range(10**10, 10**11), n):
         digits = str(body)
-        specs.append(ShortCodeSpec(
-            digits + damm_check_digit(digits), rng.randbytes(16), PRODUCTS[body % 3],
-            now - 3600, now + 30 * 86400, kind="voucher" if body % 4 else "pickup"))
+        specs.append(
+            ShortCodeSpec(
+                digits + damm_check_digit(digits),
+                rng.randbytes(16),
+                PRODUCTS[body % 3],
+                now - 3600,
+                now + 30 * 86400,
+                kind="voucher" if body % 4 else "pickup",
+            )
+        )
     return specs
 
 
-def _tickets(hub: Hub, rng: random.Random, n: int, keys: int, now: int,
-             holder: bytes | None = None) -> list[str]:
-    return [hub.mint_ticket(Ticket(
-        kid=i % keys + 1, ticket_id=rng.randbytes(16), site=SITE, product=PRODUCTS[i % 3],
-        valid_from=now - 3600, valid_until=now + 2 * 86400, holder_key=holder))
-        for i in range(n)]
+def _tickets(
+    hub: Hub, rng: random.Random, n: int, keys: int, now: int, holder: bytes | None = None
+) -> list[str]:
+    return [
+        hub.mint_ticket(
+            Ticket(
+                kid=i % keys + 1,
+                ticket_id=rng.randbytes(16),
+                site=SITE,
+                product=PRODUCTS[i % 3],
+                valid_from=now - 3600,
+                valid_until=now + 2 * 86400,
+                holder_key=holder,
+            )
+        )
+        for i in range(n)
+    ]
 
 
 def build(workdir: Path, sizes: Sizes) -> None:
@@ -126,15 +175,22 @@ def build(workdir: Path, sizes: Sizes) -> None:
     )
     snapshot = workdir / "snapshot.bin"
     hub.write_bundle(SITE, snapshot, content, snapshot=True)
-    print(f"fixture: snapshot of {sizes.short_codes} codes, {sizes.revocations} revocations "
-          f"({snapshot.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s",
-          file=sys.stderr, flush=True)
+    print(
+        f"fixture: snapshot of {sizes.short_codes} codes, {sizes.revocations} revocations "
+        f"({snapshot.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     deltas = []
     start = sizes.short_codes
     for i in range(sizes.deltas_timed):  # 10,000 new codes each (delta_10k_s)
         path = workdir / f"delta-{i:04d}.bin"
-        hub.write_bundle(SITE, path, BundleContent(
-            short_codes=specs[start : start + sizes.delta_codes]), snapshot=False)
+        hub.write_bundle(
+            SITE,
+            path,
+            BundleContent(short_codes=specs[start : start + sizes.delta_codes]),
+            snapshot=False,
+        )
         start += sizes.delta_codes
         deltas.append(str(path))
     # Steady-state deltas: half new codes, half removals of snapshot codes outside the pools,
@@ -145,8 +201,9 @@ def build(workdir: Path, sizes: Sizes) -> None:
         path = workdir / f"delta-{sizes.deltas_timed + i:04d}.bin"
         added = specs[start : start + half]
         removed = [removable.popleft() for _ in range(sizes.delta_codes - half)]
-        hub.write_bundle(SITE, path, BundleContent(short_codes=added, remove_short_codes=removed),
-                         snapshot=False)
+        hub.write_bundle(
+            SITE, path, BundleContent(short_codes=added, remove_short_codes=removed), snapshot=False
+        )
         removable.extend(s.code for s in added)
         start += half
         deltas.append(str(path))
@@ -159,11 +216,20 @@ def build(workdir: Path, sizes: Sizes) -> None:
         "rotating_redeem": _tickets(hub, rng, n_redeem, sizes.keys, now, holder),
         "short_redeem": [s.code for s in picks[n_validate:]],
     }
-    doc = {"anchor": str(workdir / "hub" / "trust-anchor.json"), "snapshot": str(snapshot),
-           "deltas": deltas, "holder_key": str(workdir / "holder.key"), "pools": pools}
+    doc = {
+        "anchor": str(workdir / "hub" / "trust-anchor.json"),
+        "snapshot": str(snapshot),
+        "deltas": deltas,
+        "holder_key": str(workdir / "holder.key"),
+        "pools": pools,
+    }
     (workdir / "fixture.json").write_text(json.dumps(doc))
-    print(f"fixture: {len(deltas)} deltas of {sizes.delta_codes} entries and code pools "
-          f"ready in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"fixture: {len(deltas)} deltas of {sizes.delta_codes} entries and code pools "
+        f"ready in {time.monotonic() - t0:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

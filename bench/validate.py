@@ -76,14 +76,32 @@ def idle(svc: RedemptionService, source: CodeSource, per_kind: int) -> Run:
     return run
 
 
-def with_process(svc: RedemptionService, source: CodeSource, config: Path,
-                 deltas: Sequence[Path], per_kind: int, stop_file: Path, nice: int = 0) -> Run:
+def with_process(
+    svc: RedemptionService,
+    source: CodeSource,
+    config: Path,
+    deltas: Sequence[Path],
+    per_kind: int,
+    stop_file: Path,
+    nice: int = 0,
+) -> Run:
     """Deltas import in a separate process (`bench.workers importer`) while we validate."""
     run = Run()
     stop_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.workers", "importer", str(nice), str(config),
-         str(stop_file), *map(str, deltas)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.workers",
+            "importer",
+            str(nice),
+            str(config),
+            str(stop_file),
+            *map(str, deltas),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     marks: queue.Queue[ImportMark] = queue.Queue()
     stdout = proc.stdout
@@ -113,8 +131,9 @@ def with_process(svc: RedemptionService, source: CodeSource, config: Path,
     return run
 
 
-def with_thread(svc: RedemptionService, source: CodeSource, config: Path,
-                deltas: Sequence[Path], per_kind: int) -> Run:
+def with_thread(
+    svc: RedemptionService, source: CodeSource, config: Path, deltas: Sequence[Path], per_kind: int
+) -> Run:
     """Deltas import in a thread of this process (shares the GIL with the lane)."""
     run = Run()
     stop = threading.Event()
@@ -151,9 +170,17 @@ VARIANTS = (
 )
 
 
-def concurrent(figures: Figures, svc: RedemptionService, source: CodeSource, config: Path,
-               deltas: Sequence[Path], per_kind: int, rounds: int, stop_file: Path,
-               quiet_s: float) -> None:
+def concurrent(
+    figures: Figures,
+    svc: RedemptionService,
+    source: CodeSource,
+    config: Path,
+    deltas: Sequence[Path],
+    per_kind: int,
+    rounds: int,
+    stop_file: Path,
+    quiet_s: float,
+) -> None:
     """Rounds of every variant in turn, so each sees the same background noise; figures are the
     pooled p50 and the median over rounds of each round's p99."""
     runs: dict[str, list[Run]] = {v.suffix: [] for v in VARIANTS}
@@ -178,8 +205,11 @@ def concurrent(figures: Figures, svc: RedemptionService, source: CodeSource, con
             per_round = [r.latencies_ms(kind, True) for r in runs[v.suffix]]
             pooled = [x for lat in per_round for x in lat]
             figures.add(f"validate_{kind}{v.suffix}_p50_ms", percentile(pooled, 50), "ms")
-            figures.add(f"validate_{kind}{v.suffix}_p99_ms",
-                        median([percentile(lat, 99) for lat in per_round]), "ms")
+            figures.add(
+                f"validate_{kind}{v.suffix}_p99_ms",
+                median([percentile(lat, 99) for lat in per_round]),
+                "ms",
+            )
 
 
 def _round_summary(run: Run, what: str, per_kind: int, noise: Noise) -> None:
@@ -189,9 +219,11 @@ def _round_summary(run: Run, what: str, per_kind: int, noise: Noise) -> None:
     if any(counted[k] < per_kind for k in KINDS):
         progress(f"WARNING {what}: fewer in-import samples than asked ({dict(counted)})")
     p99 = ", ".join(f"{k} {percentile(run.latencies_ms(k, True), 99):.3f}" for k in KINDS)
-    progress(f"  {what}: {len(run.marks)} deltas (median "
-             f"{median([m.seconds for m in run.marks]):.3f} s), {sum(counted.values())} of "
-             f"{len(run.samples)} samples during imports; p99 ms {p99}; {noise.describe()}")
+    progress(
+        f"  {what}: {len(run.marks)} deltas (median "
+        f"{median([m.seconds for m in run.marks]):.3f} s), {sum(counted.values())} of "
+        f"{len(run.samples)} samples during imports; p99 ms {p99}; {noise.describe()}"
+    )
 
 
 def report_idle(figures: Figures, run: Run) -> None:

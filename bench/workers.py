@@ -58,9 +58,20 @@ def snapshot_main(config: Path, bundle: Path) -> None:
     svc.close()
     # Growth = peak during the import minus RSS just before it. Without a peak reset, the peak
     # before the import may hide growth below it, so the figure is only an upper bound of that.
-    print(json.dumps({"seconds": seconds, "rss_before_kb": rss_before, "hwm_before_kb": hwm_before,
-                      "hwm_after_kb": hwm_after, "peak_reset": reset, "seq": result.seq,
-                      "counts": result.counts}), flush=True)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rss_before_kb": rss_before,
+                "hwm_before_kb": hwm_before,
+                "hwm_after_kb": hwm_after,
+                "peak_reset": reset,
+                "seq": result.seq,
+                "counts": result.counts,
+            }
+        ),
+        flush=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -74,8 +85,12 @@ class ImportMark:
         return (self.end_ns - self.start_ns) / 1e9
 
 
-def import_loop(config: Path, bundles: Sequence[Path], should_stop: Callable[[], bool],
-                report: Callable[[ImportMark], None]) -> int:
+def import_loop(
+    config: Path,
+    bundles: Sequence[Path],
+    should_stop: Callable[[], bool],
+    report: Callable[[ImportMark], None],
+) -> int:
     """Import deltas back to back through a CacheStore, as the daemon's importer would."""
     cfg = load(config, config.parent)
     store = CacheStore(cfg.state_dir, TrustAnchor.load(cfg.trust_anchor), cfg.site)
@@ -95,8 +110,10 @@ def importer_main(nice: int, config: Path, stop_file: Path, bundles: Sequence[Pa
         os.nice(nice)
 
     def report(mark: ImportMark) -> None:
-        print(json.dumps({"index": mark.index, "start_ns": mark.start_ns,
-                          "end_ns": mark.end_ns}), flush=True)
+        print(
+            json.dumps({"index": mark.index, "start_ns": mark.start_ns, "end_ns": mark.end_ns}),
+            flush=True,
+        )
 
     import_loop(config, bundles, stop_file.exists, report)
 

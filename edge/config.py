@@ -280,10 +280,6 @@ def _lanes(
             used[scanner] = lane_name
         gate = _device_ref(path, sec, "gate", devices, "gate")
         locker = _device_ref(path, sec, "locker", devices, "locker")
-        if kind == "gate" and gate is None:
-            raise ConfigError(path, f"lanes.{lane_name}.gate", "a gate lane needs its gate device")
-        if kind == "locker" and locker is None:
-            raise ConfigError(path, f"lanes.{lane_name}.locker", "a locker lane needs its locker")
         side = sec.get("gate_side", str, "in" if direction == "entry" else "out")
         if side not in ("in", "out"):
             raise ConfigError(path, f"lanes.{lane_name}.gate_side", "in or out")

@@ -85,6 +85,11 @@ def config_problems(config: BoxConfig) -> list[str]:
         TrustAnchor.load(config.trust_anchor)
     except TrustError as err:
         problems.append(f"box.trust_anchor: {err}")
+    for lane in config.lanes.values():
+        if lane.kind == "gate" and lane.gate is None:
+            problems.append(f"lanes.{lane.name}.gate: a gate lane needs its gate device")
+        if lane.kind == "locker" and lane.locker is None:
+            problems.append(f"lanes.{lane.name}.locker: a locker lane needs its locker device")
     for dev in config.devices.values():
         try:
             load(dev.name, dev.device_class, dev.driver)(dev.name, dev.url)

@@ -229,7 +229,7 @@ def create_app(box: Box) -> FastAPI:
     async def print_job(body: JobIn) -> dict[str, Any]:
         assert box.spool is not None
         return await box.spool.submit(
-            body.template, body.data, target=body.target, job_id=body.id, source="api"
+            body.template, body.data, target=body.target, job_id=body.id, source="kiosk"
         )
 
     @api.post("/print/orders")

@@ -25,6 +25,7 @@ from edge.codes import code_fingerprint
 from edge.config import LaneConfig
 from edge.decision import REASON_TEXT, Decision
 from edge.devices import DeviceDown, DeviceSlot
+from edge.pickups import is_pickup_code
 from edge.rules import Reason
 from edge.runner import Runner
 from edge.service import RedemptionService
@@ -403,8 +404,7 @@ def gate_open(gate: Gate, side: str, persons: int, issued_at: float) -> Passage:
 
 def _pickup_like(text: str) -> bool:
     """Box-minted pickup codes are exactly 7 digits (cloud codes are 8-16)."""
-    t = text.strip()
-    return len(t) == 7 and t.isdigit()
+    return is_pickup_code(text.strip())
 
 
 def _log_failure(fut: Any) -> None:

@@ -315,14 +315,8 @@ class PrintSpool:
         self.bus.publish("print", **event)
         if not final or self._record is None:
             return
-        body = event | {
-            "target": row["target"],
-            "source": row["source"],
-            "attempts": row["attempts"],
-            "reprint_of": row["reprint_of"],
-            "actor": row["actor"],
-            "at": row["updated_at"],
-        }
+        body = event | {k: row[k] for k in ("target", "source", "attempts", "reprint_of", "actor")}
+        body["at"] = row["updated_at"]
         try:
             await self._record("print_result", body)
         except Exception:  # the outcome is in spool.db; a failed report must not stop printing

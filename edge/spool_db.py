@@ -21,7 +21,7 @@ from edge.templates import job_from_json, job_to_json, with_banner, without_bann
 
 STATES = ("queued", "sending", "printed", "held", "incomplete", "uncertain", "failed")
 PENDING = ("queued", "held")  # waiting for their printer
-SOURCES = ("cloud", "kiosk", "redemption", "order")
+SOURCES = ("cloud", "kiosk", "redemption", "order", "locker")
 
 SPOOL_SCHEMA = Schema(
     "spool",

@@ -71,11 +71,23 @@ class _Check:
             value = str(value)  # order and table numbers often arrive as numbers
         if not isinstance(value, str):
             self.fail(field, f"must be text, not {type(value).__name__}")
+        self._line(field, value)
+        return value
+
+    def _line(self, field: str, value: str) -> None:
         if len(value) > MAX_TEXT:
             self.fail(field, f"longer than {MAX_TEXT} characters")
         if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
             self.fail(field, "must be one line of text without control characters")
-        return str(value)
+
+    def when(self, field: str) -> str:
+        """A time as text, or as Unix seconds (shown in the box's local time)."""
+        value = self.data.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not 0 < value < 1e11:
+                self.fail(field, "not a plausible time (Unix seconds)")
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(value))
+        return self.text(field)
 
     def integer(self, field: str, *, minimum: int = 0, required: bool = True) -> int:
         value = self.data.get(field)
@@ -109,7 +121,7 @@ class _Check:
         for key in value:
             if not isinstance(key, str) or not key:
                 sub.fail("", "names must be non-empty text")
-            sub.text(key)  # the key itself is printed: same rules as any text
+            sub._line(key, key)  # the name itself is printed: same rules as any text
             out.append((key, sub.integer(key)))
         return out
 
@@ -159,15 +171,18 @@ def _receipt(c: _Check, shop: str) -> Job:
 
 
 def _pickup_slip(c: _Check, shop: str) -> Job:
-    c.only("locker", "door", "code", "expires_at")
+    c.only("locker", "door", "code", "expires_at", "order_no", "size")
     locker, door = c.text("locker"), c.integer("door", minimum=1)
-    code, expires = c.text("code"), c.text("expires_at")
+    code, expires = c.text("code"), c.when("expires_at")
+    order_no, size = c.text("order_no", required=False), c.text("size", required=False)
     b = JobBuilder(title=f"pickup slip {locker} {door}")
     if shop:
         b.text(shop, bold=True, align="center")
     b.text("取货凭条 PICKUP SLIP", bold=True, double=True, align="center")
     b.divider()
-    b.columns("柜号 Locker", locker).columns("格口 Door", str(door))
+    if order_no:
+        b.columns("单号 Order", order_no)
+    b.columns("柜号 Locker", locker).columns("格口 Door", f"{door} {size}".strip())
     b.text("取件码 Pickup code", align="center")
     b.text(code, bold=True, double=True, align="center")
     b.qr(code, 8)
@@ -246,8 +261,10 @@ TEMPLATES: dict[str, Callable[[_Check, str], Job]] = {
 
 
 def reprint_banner(original: str) -> tuple[Item, ...]:
+    # Short enough in double size for a 58 mm printer (16 cells), so it never wraps.
     return (
-        Text("*** 重印 REPRINT ***", bold=True, double=True, align="center"),
+        Divider("*"),
+        Text("重印 REPRINT", bold=True, double=True, align="center"),
         Text(f"原单 Original job {original}", align="center"),
         Divider("*"),
     )

@@ -48,8 +48,15 @@ DEFAULT_LIST = {"id": "default", "name": "Main gate", "products": ["*"]}
 GATE_LANE = {"gate": {"kind": "gate", "list": "default", "direction": "entry"}}
 
 
-def write_box_dir(root: Path, hub: Hub, name: str = "box", *, policy: dict[str, Any] | None = None,
-                  lanes: dict[str, dict[str, str]] | None = None, device: str = "gate-1") -> Path:
+def write_box_dir(
+    root: Path,
+    hub: Hub,
+    name: str = "box",
+    *,
+    policy: dict[str, Any] | None = None,
+    lanes: dict[str, dict[str, str]] | None = None,
+    device: str = "gate-1",
+) -> Path:
     """A box directory as `edge init` leaves it: edge.toml and the trust anchor (state in it).
 
     `policy` adds or overrides keys of the [policy] table (e.g. short_code_max_failures, so that
@@ -88,10 +95,25 @@ def short_code(n: int, digits: int = 12) -> str:
     return body + damm_check_digit(body)
 
 
-def short_spec(code: str, now: int, *, product: str = "adult", entries: int = 1,
-               persons: int = 1, kind: str = "voucher") -> ShortCodeSpec:
-    return ShortCodeSpec(code, secrets.token_bytes(16), product, now - DAY, now + 7 * DAY,
-                         entries=entries, persons=persons, kind=kind)
+def short_spec(
+    code: str,
+    now: int,
+    *,
+    product: str = "adult",
+    entries: int = 1,
+    persons: int = 1,
+    kind: str = "voucher",
+) -> ShortCodeSpec:
+    return ShortCodeSpec(
+        code,
+        secrets.token_bytes(16),
+        product,
+        now - DAY,
+        now + 7 * DAY,
+        entries=entries,
+        persons=persons,
+        kind=kind,
+    )
 
 
 @dataclass
@@ -117,8 +139,14 @@ class BoxSetup:
         self.service.close()
 
 
-def make_box(root: Path, *, policy: dict[str, Any] | None = None, n_short: int = 3,
-             lanes: dict[str, dict[str, str]] | None = None, name: str = "box") -> BoxSetup:
+def make_box(
+    root: Path,
+    *,
+    policy: dict[str, Any] | None = None,
+    n_short: int = 3,
+    lanes: dict[str, dict[str, str]] | None = None,
+    name: str = "box",
+) -> BoxSetup:
     """Hub (2 signing keys), box dir with edge.toml + anchor, snapshot imported, codes minted.
 
     codes: "signed" (single entry, kid 2), "multi" (entries=3, kid 1), "rotating_ticket" (the
@@ -137,8 +165,15 @@ def make_box(root: Path, *, policy: dict[str, Any] | None = None, n_short: int =
     service.import_bundle(root / "snapshot.bin")
 
     def ticket(kid: int, **kw: Any) -> Ticket:
-        return Ticket(kid=kid, ticket_id=secrets.token_bytes(16), site=SITE, product="adult",
-                      valid_from=now - 3600, valid_until=now + 7 * DAY, **kw)
+        return Ticket(
+            kid=kid,
+            ticket_id=secrets.token_bytes(16),
+            site=SITE,
+            product="adult",
+            valid_from=now - 3600,
+            valid_until=now + 7 * DAY,
+            **kw,
+        )
 
     signed = ticket(2)
     multi = ticket(1, entries=3, persons=2)
@@ -190,8 +225,13 @@ def cache_facts(path: Path) -> dict[str, Any]:
     try:
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in CACHE_TABLES}
-        return {"seq": meta["seq"], "counts": counts, "products": sorted(meta["products"]),
-                "lists": sorted(meta["lists"]), "meta": meta}
+        return {
+            "seq": meta["seq"],
+            "counts": counts,
+            "products": sorted(meta["products"]),
+            "lists": sorted(meta["lists"]),
+            "meta": meta,
+        }
     finally:
         conn.close()
 
@@ -209,7 +249,10 @@ class Child:
         env["PYTHONUNBUFFERED"] = "1"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr,
+            [sys.executable, *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
             env=env,
         )
         self.lines: list[str] = []

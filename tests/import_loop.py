@@ -93,8 +93,7 @@ def main() -> int:
                 ledger_wal = wal_size(svc.ledger.path)
                 emit(f"CKPT-BEGIN {seq} {cache_wal} {ledger_wal}")
                 started = time.perf_counter()
-                conn = sqlite3.connect(f"file:{path}", uri=True, isolation_level=None,
-                                       timeout=10)
+                conn = sqlite3.connect(f"file:{path}", uri=True, isolation_level=None, timeout=10)
                 try:
                     cache_ck = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 finally:

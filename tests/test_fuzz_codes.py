@@ -39,24 +39,33 @@ from edge.rules import Reason
 from edge.textcodec import b32encode, damm_check_digit
 from tests.fixtures import SITE, BoxSetup, make_box
 
-FUZZ = settings(max_examples=200, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LANE = "counter"
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 BASE32_KINDS = ("signed", "multi", "rotating", "rotating_ticket")
 ALL_KINDS = (*BASE32_KINDS, "short")
 # Reasons a decoder may give (the code could not even be identified).
-DECODE_REASONS = {Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY,
-                  Reason.HOLDER_REQUIRED, Reason.STALE_CODE, Reason.REPLAYED,
-                  Reason.UNKNOWN_CODE, Reason.RATE_LIMITED}
+DECODE_REASONS = {
+    Reason.MALFORMED,
+    Reason.BAD_SIGNATURE,
+    Reason.UNKNOWN_KEY,
+    Reason.HOLDER_REQUIRED,
+    Reason.STALE_CODE,
+    Reason.REPLAYED,
+    Reason.UNKNOWN_CODE,
+    Reason.RATE_LIMITED,
+}
 
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxSetup]:
     # A huge failure budget: thousands of bad numeric codes must not rate-limit the lane, so
     # each decision below is about the code itself.
-    setup = make_box(tmp_path_factory.mktemp("fuzz"),
-                     policy={"short_code_max_failures": 10_000_000})
+    setup = make_box(
+        tmp_path_factory.mktemp("fuzz"), policy={"short_code_max_failures": 10_000_000}
+    )
     yield setup
     setup.close()
 
@@ -107,27 +116,36 @@ def assert_denied(box: BoxSetup, text: str) -> Decision:
 
 # -- random input ---------------------------------------------------------------------------------
 
+
 @FUZZ
-@given(text=st.one_of(
-    st.text(max_size=700),
-    st.text(alphabet=st.characters(codec="utf-8"), max_size=80),
-    st.text(alphabet=B32 + B32.lower() + "=0189 \t\r\n-", max_size=600),
-    st.text(alphabet=string.digits, max_size=24),
-    st.text(alphabet="0123456789\uff10\uff11\uff12\u0660\u0661\u00b3\u00b2\u00b9",
-            min_size=8, max_size=16),
-))
+@given(
+    text=st.one_of(
+        st.text(max_size=700),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=80),
+        st.text(alphabet=B32 + B32.lower() + "=0189 \t\r\n-", max_size=600),
+        st.text(alphabet=string.digits, max_size=24),
+        st.text(
+            alphabet="0123456789\uff10\uff11\uff12\u0660\u0661\u00b3\u00b2\u00b9",
+            min_size=8,
+            max_size=16,
+        ),
+    )
+)
 def test_random_text_is_refused_without_exceptions(box: BoxSetup, text: str) -> None:
     assert_denied(box, text)
 
 
 @FUZZ
-@given(raw=st.one_of(
-    st.binary(min_size=1, max_size=330),
-    st.binary(max_size=330).map(lambda b: b"\x11" + b),  # claims to be a signed ticket
-    st.binary(max_size=330).map(lambda b: b"\x21" + b),  # claims to be a rotating code
-    st.binary(max_size=8).map(lambda b: b"\x21\x00" + b),
-    st.integers(0, 255).map(lambda t: bytes([t]) + secrets.token_bytes(120)),
-), lower=st.booleans())
+@given(
+    raw=st.one_of(
+        st.binary(min_size=1, max_size=330),
+        st.binary(max_size=330).map(lambda b: b"\x11" + b),  # claims to be a signed ticket
+        st.binary(max_size=330).map(lambda b: b"\x21" + b),  # claims to be a rotating code
+        st.binary(max_size=8).map(lambda b: b"\x21\x00" + b),
+        st.integers(0, 255).map(lambda t: bytes([t]) + secrets.token_bytes(120)),
+    ),
+    lower=st.booleans(),
+)
 def test_random_bytes_as_base32_are_refused(box: BoxSetup, raw: bytes, lower: bool) -> None:
     text = b32encode(raw)
     text = text.lower() if lower else text
@@ -154,18 +172,47 @@ def test_numeric_codes_with_a_valid_check_digit(box: BoxSetup, digits: str) -> N
 # Look-alikes and oddities: Cyrillic A/O/S, long s and dotless i (upper() gives S and I), the ff
 # ligature, zero-width space, BOM, e-acute, fullwidth 1, Arabic-Indic 3, superscript 2, a lone
 # surrogate (not encodable as UTF-8).
-_ODD_CHARS = st.sampled_from([
-    *(B32 + B32.lower() + "0189=-_ \t\n\r\x00"),
-    "\u0410", "\u041e", "\u0405", "\u017f", "\u0131", "\ufb00", "\u200b", "\ufeff", "\u00e9",
-    "\uff11", "\u0663", "\u00b2", "\ud800",
-])
+_ODD_CHARS = st.sampled_from(
+    [
+        *(B32 + B32.lower() + "0189=-_ \t\n\r\x00"),
+        "\u0410",
+        "\u041e",
+        "\u0405",
+        "\u017f",
+        "\u0131",
+        "\ufb00",
+        "\u200b",
+        "\ufeff",
+        "\u00e9",
+        "\uff11",
+        "\u0663",
+        "\u00b2",
+        "\ud800",
+    ]
+)
 
 
 @st.composite
 def mutated(draw: st.DrawFn, text: str) -> str:
-    ops = draw(st.lists(st.sampled_from(
-        ["replace", "delete", "insert", "swap", "truncate", "extend", "double", "case", "digit"]),
-        min_size=1, max_size=4))
+    ops = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "replace",
+                    "delete",
+                    "insert",
+                    "swap",
+                    "truncate",
+                    "extend",
+                    "double",
+                    "case",
+                    "digit",
+                ]
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
     s = list(text)
     for op in ops:
         n = len(s)
@@ -194,8 +241,9 @@ def mutated(draw: st.DrawFn, text: str) -> str:
 
 @FUZZ
 @given(data=st.data(), kind=st.sampled_from(ALL_KINDS))
-def test_mutated_codes_are_refused_unless_a_case_folding(box: BoxSetup, data: st.DataObject,
-                                                        kind: str) -> None:
+def test_mutated_codes_are_refused_unless_a_case_folding(
+    box: BoxSetup, data: st.DataObject, kind: str
+) -> None:
     original = current(box, kind)
     text = data.draw(mutated(original), label="mutated")
     parse_only_code_errors(text)
@@ -210,8 +258,9 @@ def test_mutated_codes_are_refused_unless_a_case_folding(box: BoxSetup, data: st
 
 @FUZZ
 @given(data=st.data(), kind=st.sampled_from(BASE32_KINDS))
-def test_any_case_mix_decodes_to_the_same_canonical_id(box: BoxSetup, data: st.DataObject,
-                                                       kind: str) -> None:
+def test_any_case_mix_decodes_to_the_same_canonical_id(
+    box: BoxSetup, data: st.DataObject, kind: str
+) -> None:
     original = current(box, kind)
     flips = data.draw(st.lists(st.booleans(), min_size=len(original), max_size=len(original)))
     text = "".join(c.lower() if f else c for c, f in zip(original, flips, strict=True))
@@ -247,16 +296,24 @@ def tickets(draw: st.DrawFn) -> Ticket:
         persons=draw(st.integers(1, 255)),
         slot=slot,
         zones=tuple(draw(st.lists(_ident, max_size=3, unique=True))),
-        holder_key=draw(st.one_of(st.none(), st.binary(min_size=32, max_size=32).map(
-            lambda seed: Ed25519PrivateKey.from_private_bytes(seed).public_key()
-            .public_bytes_raw()))),
+        holder_key=draw(
+            st.one_of(
+                st.none(),
+                st.binary(min_size=32, max_size=32).map(
+                    lambda seed: (
+                        Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+                    )
+                ),
+            )
+        ),
     )
 
 
 @FUZZ
 @given(ticket=tickets(), own_key=st.booleans())
-def test_structured_tickets_round_trip_and_never_raise(box: BoxSetup, ticket: Ticket,
-                                                       own_key: bool) -> None:
+def test_structured_tickets_round_trip_and_never_raise(
+    box: BoxSetup, ticket: Ticket, own_key: bool
+) -> None:
     """Any ticket the issuer can sign parses back to itself (when it fits the length cap); signed
     by a stranger's key it is refused; signed by the hub it gets some reason, never an exception."""
     try:
@@ -278,6 +335,7 @@ def test_structured_tickets_round_trip_and_never_raise(box: BoxSetup, ticket: Ti
 
 # -- the named kinds of bad input -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", BASE32_KINDS)
 def test_lower_case_is_caps_lock_folding(box: BoxSetup, kind: str) -> None:
     original = current(box, kind)
@@ -298,8 +356,11 @@ def test_non_canonical_base32_spellings_are_malformed(box: BoxSetup, kind: str) 
     original = current(box, kind)
     raw = _lenient_b32(original)
     # Same bytes, other text: a last character that differs only in the unused bits.
-    spare = [original[:-1] + c for c in B32
-             if c != original[-1] and _lenient_b32(original[:-1] + c) == raw]
+    spare = [
+        original[:-1] + c
+        for c in B32
+        if c != original[-1] and _lenient_b32(original[:-1] + c) == raw
+    ]
     assert len(spare) == {0: 0, 2: 3, 4: 15, 5: 1, 7: 7}[len(original) % 8]
     padded = original + "=" * (-len(original) % 8)
     variants = [*spare, *(s.lower() for s in spare), original + "========"]
@@ -324,9 +385,17 @@ def test_whitespace_padded_codes(box: BoxSetup, kind: str) -> None:
     decoding, or (if the decoder were to strip them) the same canonical id; never anything else."""
     original = current(box, kind)
     mid = len(original) // 2
-    for text in (" " + original, original + " ", original + "\n", original + "\r\n",
-                 "\t" + original, original + "\x00", original[:mid] + " " + original[mid:],
-                 original[:mid] + "-" + original[mid:], "\u3000" + original):
+    for text in (
+        " " + original,
+        original + " ",
+        original + "\n",
+        original + "\r\n",
+        "\t" + original,
+        original + "\x00",
+        original[:mid] + " " + original[mid:],
+        original[:mid] + "-" + original[mid:],
+        "\u3000" + original,
+    ):
         parse_only_code_errors(text)
         d = check_decision(box, text)
         if d.admit or d.reason is Reason.HOLDER_REQUIRED:
@@ -335,8 +404,15 @@ def test_whitespace_padded_codes(box: BoxSetup, kind: str) -> None:
             assert d.reason is Reason.MALFORMED, (text, d)
 
 
-LOOKALIKES = {"A": "\u0410", "O": "\u041e", "S": "\u017f", "I": "\u0131", "E": "\u0415",
-              "K": "\u212a", "2": "\uff12"}
+LOOKALIKES = {
+    "A": "\u0410",
+    "O": "\u041e",
+    "S": "\u017f",
+    "I": "\u0131",
+    "E": "\u0415",
+    "K": "\u212a",
+    "2": "\uff12",
+}
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -348,11 +424,18 @@ def test_non_ascii_lookalikes_are_malformed(box: BoxSetup, kind: str) -> None:
     for ascii_char, other in LOOKALIKES.items():
         i = original.find(ascii_char)
         if i >= 0:
-            variants.append(original[:i] + other + original[i + 1:])
+            variants.append(original[:i] + other + original[i + 1 :])
     fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isdigit() else c for c in original)
     arabic = "".join(chr(ord(c) - 48 + 0x660) if c.isdigit() else c for c in original)
-    variants += [fullwidth, arabic, "\ufeff" + original, original + "\u200b", original + "é",
-                 original.lower().replace("s", "ſ"), original.lower().replace("i", "ı")]
+    variants += [
+        fullwidth,
+        arabic,
+        "\ufeff" + original,
+        original + "\u200b",
+        original + "é",
+        original.lower().replace("s", "ſ"),
+        original.lower().replace("i", "ı"),
+    ]
     variants = [v for v in variants if v != original]
     assert variants
     for text in variants:
@@ -360,11 +443,26 @@ def test_non_ascii_lookalikes_are_malformed(box: BoxSetup, kind: str) -> None:
         assert d.reason is Reason.MALFORMED, (text, d)
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "\n", "=", "A", "1", "0" * 7, "0" * 17,
-    "A" * (MAX_CODE_CHARS + 1), "1" * (MAX_CODE_CHARS + 1), "A" * MAX_CODE_CHARS,
-    "é" * (MAX_CODE_CHARS + 1), "7" * 10_000, "Q" * 100_000, "\x00" * 600,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n",
+        "=",
+        "A",
+        "1",
+        "0" * 7,
+        "0" * 17,
+        "A" * (MAX_CODE_CHARS + 1),
+        "1" * (MAX_CODE_CHARS + 1),
+        "A" * MAX_CODE_CHARS,
+        "é" * (MAX_CODE_CHARS + 1),
+        "7" * 10_000,
+        "Q" * 100_000,
+        "\x00" * 600,
+    ],
+)
 def test_empty_tiny_and_oversized_input(box: BoxSetup, text: str) -> None:
     d = assert_denied(box, text)
     assert d.reason is Reason.MALFORMED
@@ -402,9 +500,15 @@ def test_issuer_and_box_agree_on_the_length_cap(box: BoxSetup, tmp_path: Path) -
     """
     holder = Ed25519PrivateKey.generate()
     ticket = Ticket(
-        kid=1, ticket_id=secrets.token_bytes(16), site="s" * 32, product="p" * 32,
-        valid_from=1_700_000_000, valid_until=1_900_000_000, slot=(1_800_000_000, 1_800_003_600),
-        zones=("z" * 32, "y" * 32), holder_key=holder.public_key().public_bytes_raw(),
+        kid=1,
+        ticket_id=secrets.token_bytes(16),
+        site="s" * 32,
+        product="p" * 32,
+        valid_from=1_700_000_000,
+        valid_until=1_900_000_000,
+        slot=(1_800_000_000, 1_800_003_600),
+        zones=("z" * 32, "y" * 32),
+        holder_key=holder.public_key().public_bytes_raw(),
     )
     try:
         text = box.hub.mint_ticket(ticket)
@@ -414,5 +518,6 @@ def test_issuer_and_box_agree_on_the_length_cap(box: BoxSetup, tmp_path: Path) -
     assert parse_code(text).ticket == ticket  # type: ignore[union-attr]
     assert len(shown) <= MAX_CODE_CHARS, (
         f"issuer signed a ticket whose display code has {len(shown)} characters; "
-        f"the box refuses anything over {MAX_CODE_CHARS}")
+        f"the box refuses anything over {MAX_CODE_CHARS}"
+    )
     assert isinstance(parse_code(shown), RotatingCode)

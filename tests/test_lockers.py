@@ -21,7 +21,7 @@ from edge.codes import CodeError, parse_code
 from edge.config import DeviceConfig, LockerBankConfig
 from edge.devices import DeviceSlot, make_slot
 from edge.ledger import LEDGER_SCHEMA, Ledger
-from edge.lockers import DoorNotClosed, LockerBank, LockerError, LockerFull
+from edge.lockers import DoorNotClosed, LockerBank, LockerError, LockerFull, LockerUnavailable
 from edge.pickups import PickupStore, is_pickup_code, new_code
 from edge.runner import Runner
 from edge.store import transaction
@@ -342,16 +342,58 @@ def test_open_all_opens_every_door_and_is_audited(tmp_path: Path) -> None:
     async def main() -> None:
         async with rig(tmp_path, person=False) as r:
             r.board.set_stuck(6)
-            sub = r.bus.subscribe({"audit"})
+            sub = r.bus.subscribe({"locker"})
             res = await r.bank.open_all("tech-9", "fire drill")
             assert res["opened"] == [1, 2, 3, 4, 5, 7, 8] and res["failed"] == [6]
             assert all(r.board.is_open(d) for d in res["opened"])
             assert await r.audit_rows() == [("tech-9", "locker_open_all", "wall")]
             assert "fire drill" in r.audits[0][3] and "[6]" in r.audits[0][3]
-            assert [e.data["action"] for e in sub.pending()] == ["locker_open_all"]
+            told = [e.data for e in sub.pending() if e.data["event"] == "technician_open"]
+            assert [(d["door"], d["opened"], d["actor"]) for d in told][5] == (6, False, "tech-9")
             assert (await r.states())[6] == "fault"
             with pytest.raises(LockerError, match="no door 9"):
                 await r.bank.open_door(9, "tech-9", "typo")
+
+    asyncio.run(main())
+
+
+def test_a_resent_code_replaces_the_old_one_and_cancel_takes_the_parcel_back(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            old = (await r.bank.deposit("G1", "M"))["code"]
+            new = await r.bank.reissue(3, "staff-3")
+            assert new["code"] != old and new["door"] == 3 and new["printed"]
+            assert r.slips[-1]["code"] == new["code"] and r.slips[-1]["reissued"]
+            assert (await r.bank.pickup(old, "l1"))["reason"] == "revoked"
+            assert (await r.bank.pickup(new["code"], "l2"))["ok"]
+
+            code = (await r.bank.deposit("G2", "M"))["code"]
+            back = await r.bank.cancel(3, "staff-3", "customer cancelled the order")
+            assert back["opened"] and back["cancelled"]
+            assert (await r.bank.pickup(code, "l3"))["reason"] == "revoked"
+            actions = [a for _, a, _ in await r.audit_rows()]
+            assert actions == ["locker_reissue", "locker_cancel"]
+            with pytest.raises(LockerError, match="no active pickup"):
+                await r.bank.reissue(4, "staff-3")
+
+    asyncio.run(main())
+
+
+def test_a_board_that_is_down_refuses_deposits_and_keeps_codes_valid(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            code = (await r.bank.deposit("H1", "S"))["code"]
+            r.slot.mark_down("unplugged", "check the RS485 cable")
+            with pytest.raises(LockerUnavailable, match="unplugged"):
+                await r.bank.deposit("H2", "S")
+            res = await r.bank.pickup(code, LANE)
+            assert res["reason"] == "locker_down" and "still valid" in res["line_en"]
+            assert [g["sensor"] for g in await r.bank.grid()] == [None] * 8
+            assert (await r.bank.grid())[0]["state"] == "occupied"
+            r.slot.mark_up()
+            assert (await r.bank.pickup(code, LANE))["ok"]
 
     asyncio.run(main())
 

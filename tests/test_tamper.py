@@ -37,15 +37,22 @@ from sync.hub.issuer import BundleContent
 from tests.fixtures import SITE, BoxSetup, make_box, short_code, short_spec
 
 LANE = "counter"
-CODE_REFUSALS = {Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY,
-                 Reason.HOLDER_REQUIRED, Reason.STALE_CODE, Reason.REPLAYED}
+CODE_REFUSALS = {
+    Reason.MALFORMED,
+    Reason.BAD_SIGNATURE,
+    Reason.UNKNOWN_KEY,
+    Reason.HOLDER_REQUIRED,
+    Reason.STALE_CODE,
+    Reason.REPLAYED,
+}
 BIT_MASKS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xFF)
 
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxSetup]:
-    setup = make_box(tmp_path_factory.mktemp("tamper"),
-                     policy={"short_code_max_failures": 10_000_000})
+    setup = make_box(
+        tmp_path_factory.mktemp("tamper"), policy={"short_code_max_failures": 10_000_000}
+    )
     yield setup
     setup.close()
 
@@ -57,6 +64,7 @@ def flipped(raw: bytes, i: int, mask: int) -> bytes:
 
 
 # -- codes ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["signed", "multi", "rotating", "rotating_ticket"])
 def test_every_byte_of_a_base32_code_flipped_is_refused(box: BoxSetup, kind: str) -> None:
@@ -90,7 +98,7 @@ def test_every_digit_of_a_short_code_changed_is_refused(box: BoxSetup) -> None:
         for other in "0123456789":
             if other == digit:
                 continue
-            tampered = code[:i] + other + code[i + 1:]
+            tampered = code[:i] + other + code[i + 1 :]
             with pytest.raises(CodeError) as err:
                 parse_code(tampered)
             assert err.value.reason == "malformed"
@@ -101,17 +109,18 @@ def test_every_digit_of_a_short_code_changed_is_refused(box: BoxSetup) -> None:
     for i in range(len(code) - 1):  # Damm also catches every adjacent transposition
         if code[i] == code[i + 1]:
             continue
-        swapped = code[:i] + code[i + 1] + code[i] + code[i + 2:]
+        swapped = code[:i] + code[i + 1] + code[i] + code[i + 2 :]
         d = box.service.validate(swapped, LANE)
         assert not d.admit and d.reason is Reason.MALFORMED, (swapped, d)
     # Dropping or doubling a digit still gives a numeric string; refused too.
     for i in range(len(code)):
-        for tampered in (code[:i] + code[i + 1:], code[:i] + code[i] + code[i:]):
+        for tampered in (code[:i] + code[i + 1 :], code[:i] + code[i] + code[i:]):
             assert not box.service.validate(tampered, LANE).admit, tampered
     assert box.service.validate(code, LANE).admit
 
 
 # -- bundles --------------------------------------------------------------------------------------
+
 
 def cache_state(store: CacheStore) -> tuple[object, ...]:
     """The active cache as a reader sees it: which file, its seq, row counts, a digest of meta."""
@@ -121,13 +130,16 @@ def cache_state(store: CacheStore) -> tuple[object, ...]:
     try:
         meta = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
         seq = dict(meta)["seq"]
-        counts = tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                       for t in ("short_codes", "revoked", "blocked", "used", "keys", "retired"))
+        counts = tuple(
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("short_codes", "revoked", "blocked", "used", "keys", "retired")
+        )
         digest = hashlib.sha256(repr(meta).encode()).hexdigest()
     finally:
         conn.close()
-    files = tuple(sorted(p.name for p in store.dir.iterdir()
-                         if not p.name.endswith(("-wal", "-shm"))))
+    files = tuple(
+        sorted(p.name for p in store.dir.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    )
     return path.name, seq, counts, digest, files
 
 
@@ -137,20 +149,31 @@ def bundles(tmp_path: Path) -> Iterator[tuple[BoxSetup, Path, Path]]:
     a delta (seq 2, base 1) and a snapshot (seq 3)."""
     setup = make_box(tmp_path)
     now = int(time.time())
-    products = [{"id": "adult", "name": "Adult"}, {"id": "child", "name": "儿童"},
-                {"id": "senior", "name": "Senior"}]
+    products = [
+        {"id": "adult", "name": "Adult"},
+        {"id": "child", "name": "儿童"},
+        {"id": "senior", "name": "Senior"},
+    ]
     lst = {"id": "default", "name": "Gate", "products": ["adult", "child", "senior"]}
-    specs = [short_spec(short_code(9100 + i), now, product=p)
-             for i, p in enumerate(("adult", "child", "senior"))]
+    specs = [
+        short_spec(short_code(9100 + i), now, product=p)
+        for i, p in enumerate(("adult", "child", "senior"))
+    ]
     revs = [secrets.token_bytes(16) for _ in range(2)]
     delta = tmp_path / "delta.bin"
-    setup.hub.write_bundle(SITE, delta, BundleContent(products=products, lists=[lst],
-                                                      short_codes=specs, revocations=revs),
-                           snapshot=False)
+    setup.hub.write_bundle(
+        SITE,
+        delta,
+        BundleContent(products=products, lists=[lst], short_codes=specs, revocations=revs),
+        snapshot=False,
+    )
     snap = tmp_path / "snap.bin"
-    setup.hub.write_bundle(SITE, snap, BundleContent(products=products, lists=[lst],
-                                                     short_codes=specs, revocations=revs),
-                           snapshot=True)
+    setup.hub.write_bundle(
+        SITE,
+        snap,
+        BundleContent(products=products, lists=[lst], short_codes=specs, revocations=revs),
+        snapshot=True,
+    )
     yield setup, delta, snap
     setup.close()
 
@@ -168,7 +191,8 @@ def import_refused(store: CacheStore, path: Path, before: tuple[object, ...], wh
 
 @pytest.mark.parametrize("which", ["delta", "snapshot"])
 def test_every_byte_of_a_bundle_flipped_is_refused(
-        bundles: tuple[BoxSetup, Path, Path], which: str, tmp_path: Path) -> None:
+    bundles: tuple[BoxSetup, Path, Path], which: str, tmp_path: Path
+) -> None:
     setup, delta, snap = bundles
     data = (delta if which == "delta" else snap).read_bytes()
     assert len(data) < 3000, len(data)  # small enough to try every byte
@@ -192,7 +216,8 @@ def test_every_byte_of_a_bundle_flipped_is_refused(
 
 @pytest.mark.parametrize("which", ["delta", "snapshot"])
 def test_truncated_bundles_are_refused(
-        bundles: tuple[BoxSetup, Path, Path], which: str, tmp_path: Path) -> None:
+    bundles: tuple[BoxSetup, Path, Path], which: str, tmp_path: Path
+) -> None:
     setup, delta, snap = bundles
     data = (delta if which == "delta" else snap).read_bytes()
     store = setup.service.cache
@@ -216,28 +241,66 @@ def test_truncated_bundles_are_refused(
 
 # -- forged headers: well-formed JSON, wrong types ------------------------------------------------
 
-HEADER_KEYS = ("lists", "remove_lists", "remove_products", "products", "zones", "retire_kids",
-               "key_certs", "products_ref", "used_lists", "counts", "site_info", "site_key",
-               "seq", "base_seq", "kid", "site", "issued_at", "expires_at")
-ODD_VALUES: tuple[object, ...] = (5, -1, None, True, 1e300, "x", "", {"a": 1}, [5], ["x"], [""],
-                                  [None], [{}], [{"id": 1}], [[1]], [[]], [-1], [True],
-                                  {"timezone": 5}, 2**64)
+HEADER_KEYS = (
+    "lists",
+    "remove_lists",
+    "remove_products",
+    "products",
+    "zones",
+    "retire_kids",
+    "key_certs",
+    "products_ref",
+    "used_lists",
+    "counts",
+    "site_info",
+    "site_key",
+    "seq",
+    "base_seq",
+    "kid",
+    "site",
+    "issued_at",
+    "expires_at",
+)
+ODD_VALUES: tuple[object, ...] = (
+    5,
+    -1,
+    None,
+    True,
+    1e300,
+    "x",
+    "",
+    {"a": 1},
+    [5],
+    ["x"],
+    [""],
+    [None],
+    [{}],
+    [{"id": 1}],
+    [[1]],
+    [[]],
+    [-1],
+    [True],
+    {"timezone": 5},
+    2**64,
+)
 
 
 def reframed(data: bytes, edit: dict[str, object]) -> bytes:
     """The bundle with its header JSON replaced (records and signature kept: a forgery)."""
-    (hlen,) = struct.unpack(">I", data[len(fmt.MAGIC) + 1:len(fmt.MAGIC) + 5])
+    (hlen,) = struct.unpack(">I", data[len(fmt.MAGIC) + 1 : len(fmt.MAGIC) + 5])
     start = len(fmt.MAGIC) + 5
-    doc = json.loads(data[start:start + hlen])
+    doc = json.loads(data[start : start + hlen])
     doc.update(edit)
     header = json.dumps(doc).encode()
-    return data[:len(fmt.MAGIC) + 1] + struct.pack(">I", len(header)) + header + \
-        data[start + hlen:]
+    return (
+        data[: len(fmt.MAGIC) + 1] + struct.pack(">I", len(header)) + header + data[start + hlen :]
+    )
 
 
 @pytest.mark.parametrize("key", HEADER_KEYS)
 def test_forged_header_fields_of_the_wrong_type_are_refused(
-        bundles: tuple[BoxSetup, Path, Path], key: str, tmp_path: Path) -> None:
+    bundles: tuple[BoxSetup, Path, Path], key: str, tmp_path: Path
+) -> None:
     """An attacker can put any JSON into the header; it is parsed before the signature at the
     end of the stream can be checked. Each such bundle must be refused with a reason from
     BUNDLE_REASONS (not a TypeError or sqlite3 error out of import_file), cache untouched."""
@@ -279,13 +342,21 @@ def test_small_order_holder_key_cannot_forge_display_codes(box: BoxSetup, key_he
     holder = bytes.fromhex(key_hex)
     now = int(time.time())
     tid = secrets.token_bytes(16)
-    payload = (struct.pack(">BBI", 0x11, 0x04, 1) + tid + bytes([len(SITE)]) + SITE.encode()
-               + b"\x05adult" + struct.pack(">IIHB", now - 3600, now + 3600, 1, 1) + holder)
+    payload = (
+        struct.pack(">BBI", 0x11, 0x04, 1)
+        + tid
+        + bytes([len(SITE)])
+        + SITE.encode()
+        + b"\x05adult"
+        + struct.pack(">IIHB", now - 3600, now + 3600, 1, 1)
+        + holder
+    )
     raw = payload + box.hub.signing_key(1).sign(b"EDGE-TKT1" + payload)
     forged_sig = bytes([1]) + bytes(31) + bytes(32)  # R = identity, S = 0
     for shown_at in (now, now - 5):
-        code = b32encode(struct.pack(">BH", 0x21, len(raw)) + raw + struct.pack(">I", shown_at)
-                         + forged_sig)
+        code = b32encode(
+            struct.pack(">BH", 0x21, len(raw)) + raw + struct.pack(">I", shown_at) + forged_sig
+        )
         for op in ("validate", "redeem"):
             d = getattr(box.service, op)(code, LANE)
             assert not d.admit, f"{op}: forged display code admitted under key {key_hex[:8]}: {d}"

@@ -24,8 +24,13 @@ class InputEvent:  # the shape of evdev.InputEvent
 
 def tap(code: int) -> list[tuple[int, int, int]]:
     """A key press as a scanner sends it: MSC scan code, down, SYN, up, SYN."""
-    return [(EV_MSC, 4, 0x70000), (EV_KEY, code, 1), (EV_SYN, 0, 0), (EV_KEY, code, 0),
-            (EV_SYN, 0, 0)]
+    return [
+        (EV_MSC, 4, 0x70000),
+        (EV_KEY, code, 1),
+        (EV_SYN, 0, 0),
+        (EV_KEY, code, 0),
+        (EV_SYN, 0, 0),
+    ]
 
 
 def typed(text: str, shift_key: int = LSHIFT) -> list[tuple[int, int, int]]:
@@ -51,8 +56,15 @@ def test_either_shift(shift: int) -> None:
 
 
 def test_caps_lock_flips_letters_only_and_shift_undoes_it() -> None:
-    events = [*tap(CAPS), *tap(CODE["a"]), *tap(CODE["1"]),
-              (EV_KEY, LSHIFT, 1), *tap(CODE["s"]), (EV_KEY, LSHIFT, 0), *tap(KPENTER)]
+    events = [
+        *tap(CAPS),
+        *tap(CODE["a"]),
+        *tap(CODE["1"]),
+        (EV_KEY, LSHIFT, 1),
+        *tap(CODE["s"]),
+        (EV_KEY, LSHIFT, 0),
+        *tap(KPENTER),
+    ]
     done, state = decode_keys(events)
     assert done == ["A1s"] and state.caps_lock
 
@@ -65,8 +77,12 @@ def test_partial_scan_carries_over_between_calls_and_empty_enter_is_skipped() ->
 
 
 def test_autorepeat_ignored_and_event_objects_accepted() -> None:
-    events = [InputEvent(EV_KEY, CODE["a"], 1), InputEvent(EV_KEY, CODE["a"], 2),
-              InputEvent(EV_KEY, CODE["a"], 0), InputEvent(EV_KEY, ENTER, 1)]
+    events = [
+        InputEvent(EV_KEY, CODE["a"], 1),
+        InputEvent(EV_KEY, CODE["a"], 2),
+        InputEvent(EV_KEY, CODE["a"], 0),
+        InputEvent(EV_KEY, ENTER, 1),
+    ]
     assert decode_keys(events)[0] == ["a"]
 
 

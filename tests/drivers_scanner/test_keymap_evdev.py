@@ -14,11 +14,24 @@ from drivers.scanner import keymap
 # What each code must be called in linux/input-event-codes.h for our character to be right.
 NAMES = {
     **{f"KEY_{c.upper()}": c for c in "abcdefghijklmnopqrstuvwxyz1234567890"},
-    "KEY_MINUS": "-", "KEY_EQUAL": "=", "KEY_LEFTBRACE": "[", "KEY_RIGHTBRACE": "]",
-    "KEY_SEMICOLON": ";", "KEY_APOSTROPHE": "'", "KEY_GRAVE": "`", "KEY_BACKSLASH": "\\",
-    "KEY_COMMA": ",", "KEY_DOT": ".", "KEY_SLASH": "/", "KEY_SPACE": " ",
-    "KEY_KPASTERISK": "*", "KEY_KPMINUS": "-", "KEY_KPPLUS": "+", "KEY_KPDOT": ".",
-    "KEY_KPSLASH": "/", **{f"KEY_KP{d}": d for d in "0123456789"},
+    "KEY_MINUS": "-",
+    "KEY_EQUAL": "=",
+    "KEY_LEFTBRACE": "[",
+    "KEY_RIGHTBRACE": "]",
+    "KEY_SEMICOLON": ";",
+    "KEY_APOSTROPHE": "'",
+    "KEY_GRAVE": "`",
+    "KEY_BACKSLASH": "\\",
+    "KEY_COMMA": ",",
+    "KEY_DOT": ".",
+    "KEY_SLASH": "/",
+    "KEY_SPACE": " ",
+    "KEY_KPASTERISK": "*",
+    "KEY_KPMINUS": "-",
+    "KEY_KPPLUS": "+",
+    "KEY_KPDOT": ".",
+    "KEY_KPSLASH": "/",
+    **{f"KEY_KP{d}": d for d in "0123456789"},
 }
 
 
@@ -38,8 +51,13 @@ def test_real_input_events_decode() -> None:
 
     syn = evdev.InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)
     events = [
-        key(ecodes.KEY_RIGHTSHIFT, 1), key(ecodes.KEY_T, 1), syn, key(ecodes.KEY_T, 0),
-        key(ecodes.KEY_RIGHTSHIFT, 0), key(ecodes.KEY_1, 1), key(ecodes.KEY_1, 2),
+        key(ecodes.KEY_RIGHTSHIFT, 1),
+        key(ecodes.KEY_T, 1),
+        syn,
+        key(ecodes.KEY_T, 0),
+        key(ecodes.KEY_RIGHTSHIFT, 0),
+        key(ecodes.KEY_1, 1),
+        key(ecodes.KEY_1, 2),
         key(ecodes.KEY_KPENTER, 1),
     ]
     done, state = keymap.decode_keys(events, keymap.KeyState())
