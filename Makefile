@@ -1,4 +1,4 @@
-# make run: the scripted demo.  make test: lint, types, layers, tests.  make bench: benchmarks.
+# make run: the daemon on the demo site (every device simulated).  make test: lint, types, layers, tests.  make bench: benchmarks.
 # Works as root on a fresh Debian 12 with Python 3.11: system packages are installed only when
 # missing, the venv lives in .venv, and the project is installed into it (editable).
 SHELL := /bin/bash
@@ -29,7 +29,7 @@ system-deps:
 	fi
 
 run: $(STAMP)
-	$(VENV)/bin/edge demo
+	$(VENV)/bin/edge run --demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -337,7 +337,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         bundle = site.bundle_path
 
         def on_ready(d: Any) -> None:
-            print(demo.render_samples(site, d.url), flush=True)
+            exe = Path(sys.argv[0])
+            command = str(exe) if exe.name == "edge" and exe.exists() else "edge"
+            print(demo.render_samples(site, d.url, command=command), flush=True)
 
     else:
         path, state = cfgmod.locate(args.config, args.home)

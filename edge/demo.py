@@ -288,7 +288,9 @@ def render_samples(site: DemoSite, kiosk_url: str, *, command: str = "edge") -> 
         if s.hint:
             cli = command + s.hint.removeprefix("edge")
             lines.append(f"      live code 动态码: {cli}")
-            lines.append(f'      scan it 扫码: {command} scan --lane {s.lane} "$({cli})"')
+            lines.append(
+                f'      scan it 扫码: {command} scan --home {site.home} --lane {s.lane} "$({cli})"'
+            )
     first = next((s for s in site.samples if s.expect is Reason.OK and s.lane == "entry"), None)
     return (
         f"Edge gateway demo 演示站点 {SITE} (西湖景区 West Lake), home {site.home}\n"
@@ -299,7 +301,7 @@ def render_samples(site: DemoSite, kiosk_url: str, *, command: str = "edge") -> 
         "Sample codes 示例码, valid today; expected result of the first scan 首次扫码预期:\n"
         + "\n".join(lines)
         + "\n\nTry one 试一试: this scans the code into the lane's simulated scanner 模拟扫码\n"
-        f"  {command} scan --lane entry {first.code if first else 'CODE'}\n"
+        f"  {command} scan --home {site.home} --lane entry {first.code if first else 'CODE'}\n"
         "The same code again within a few seconds is the same visitor and does nothing; later it\n"
         "is 票已使用 already_used. At --lane exit it lets the visitor out.\n"
         f"Start over 重新开始: stop the demo and remove {shlex.quote(str(site.home))}\n"

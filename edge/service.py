@@ -472,7 +472,8 @@ class RedemptionService:
 
     @staticmethod
     def _log(d: Decision, text: str, op: str) -> None:
-        log.info(
+        # DEBUG: a lane logs the one decision line (with its latency) itself.
+        log.debug(
             "%s lane=%s decision=%s reason=%s code=%s id=%s",
             op,
             d.lane,

@@ -129,10 +129,12 @@ class Scanner(Device):
                 raw, symbology = got
                 text = decode_text(raw)
                 if not self._dedup.is_duplicate(text, time.monotonic()):
-                    log.info("scanner %s: scan %r (%s)", self.name, text, symbology or "?")
+                    log.info(
+                        "scanner %s: scan of %d chars (%s)", self.name, len(text), symbology or "?"
+                    )
                     return Scan(raw, text, symbology, time.time(), self.name)
                 self.duplicates += 1
-                log.debug("scanner %s: duplicate %r swallowed", self.name, text)
+                log.debug("scanner %s: duplicate read swallowed", self.name)
             if time.monotonic() >= deadline:
                 return None
 

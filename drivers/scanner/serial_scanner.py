@@ -126,7 +126,7 @@ class SerialScanner(Scanner):
                 line = self._queue.pop(0)
                 if is_line_noise(line):
                     self.noise += 1
-                    log.warning("scanner %s: dropped line noise %r", self.name, line[:40])
+                    log.warning("scanner %s: dropped line noise (%d bytes)", self.name, len(line))
                     continue
                 return split_aim(line) if self.options.aim else (line, None)
             self._send_due(now)
