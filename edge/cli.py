@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code", help="the code, or - to read it from stdin")
     p.add_argument("--lane", required=True, help="lane name from the config")
 
+    p = box_cmd("api", "call the running daemon's HTTP API (docs/daemon.md)", cmd_api, data=False)
+    p.add_argument("method", choices=("GET", "POST"))
+    p.add_argument("path", help="e.g. /api/v1/status")
+    p.add_argument("body", nargs="?", help="JSON body for POST")
+
     p = sub.add_parser("demo", help="scripted demo: a hub and a box, every kind of code")
     p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
     p.set_defaults(func=cmd_demo)
@@ -311,6 +316,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         _emit(args, doc, f"FREE PASSAGE 自由通行: {doc.get('line_zh')} / {doc.get('line_en')}")
         return EXIT_OK
     return _show_json_decision(args, doc)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    state = _daemon_state(args)
+    if state is None:
+        raise EdgeError("no daemon is running for this box: start it with `edge run`")
+    try:
+        body = json.loads(args.body) if args.body else ({} if args.method == "POST" else None)
+    except ValueError as err:
+        raise ValueError(f"body: not valid JSON: {err}") from err
+    path = args.path if args.path.startswith("/") else "/" + args.path
+    print(json.dumps(client.call(state, args.method, path, body), ensure_ascii=False, indent=2))
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ gate-out = { class = "gate", driver = "sim", url = "sim://?board=modbus&pass_del
 kitchen-hot = { class = "printer", driver = "sim", url = "sim://?profile=xp-80" }
 kitchen-bar = { class = "printer", driver = "sim", url = "sim://?profile=xp-58" }
 receipt = { class = "printer", driver = "sim", url = "sim://?profile=tm-t20" }
-locker-wall = { class = "locker", driver = "sim", url = "sim://?dialect=8a&doors=24" }
+locker-wall = { class = "locker", driver = "sim", url = "sim://?dialect=8a&doors=24&auto_close=4" }
 locker-scanner = { class = "scanner", driver = "sim", url = "sim://?kind=serial" }
 counter-scanner = { class = "scanner", driver = "sim", url = "sim://?kind=serial" }
 
@@ -304,6 +304,17 @@ def render_samples(site: DemoSite, kiosk_url: str, *, command: str = "edge") -> 
         f"  {command} scan --home {site.home} --lane entry {first.code if first else 'CODE'}\n"
         "The same code again within a few seconds is the same visitor and does nothing; later it\n"
         "is 票已使用 already_used. At --lane exit it lets the visitor out.\n"
+        "Locker 自助柜: deposit an order (the door opens, shuts 4 s later, a pickup slip with a\n"
+        "7-digit code prints), then scan that code at the locker lane:\n"
+        f"  {command} api --home {site.home} POST /api/v1/lockers/locker-wall/deposit "
+        '\'{"order_no": "A001", "size": "S"}\'\n'
+        f"  {command} scan --home {site.home} --lane lockers CODE\n"
+        "Kitchen 后厨: an order split by station (hot, bar) plus the receipt:\n"
+        f'  {command} api --home {site.home} POST /api/v1/print/orders \'{{"id": "T7-1", '
+        '"table": "7", "items": [{"name": "宫保鸡丁", "qty": 1, "station": '
+        '"hot", "price_cents": 3800}, {"name": "龙井茶", "qty": 2, "station": '
+        '"bar", "price_cents": 2800}]}\'\n'
+        f"  {command} api --home {site.home} GET /api/v1/print/jobs\n"
         f"Start over 重新开始: stop the demo and remove {shlex.quote(str(site.home))}\n"
     )
 

@@ -187,7 +187,10 @@ class Lane:
         if self.cfg.kind == "locker" and self.lockers is not None and _pickup_like(text):
             result = await self.lockers.pickup(text, self.name)
             self._feedback(bool(result.get("ok")), (result["line_zh"], result["line_en"]))
-            return self._publish({"lane": self.name, "source": source, "code_fp": fp, **result})
+            verdict = "admit" if result.get("ok") else "deny"
+            return self._publish(
+                {"lane": self.name, "source": source, "code_fp": fp, "decision": verdict, **result}
+            )
         if self.cfg.kind == "gate":
             cid = await self.db.call(self.svc.identify_id, text, self.name)
             now = time.monotonic()

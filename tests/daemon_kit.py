@@ -221,6 +221,23 @@ class Running:
         result: dict[str, Any] = doc
         return result
 
+    def outbox(self) -> list[dict[str, Any]]:
+        """The events waiting for the cloud, oldest first, read on the daemon's database thread
+        (the thread that owns the ledger connection)."""
+        svc = self.box.svc
+        assert svc is not None
+        rows = self.run(self.box.db.call(svc.ledger.outbox, 100_000))
+        return [doc for _, doc in rows]
+
+    def events(self, topic: str) -> list[dict[str, Any]]:
+        """The data of the bus's recent events on `topic`, copied on the daemon's loop (the bus
+        is appended to there: iterating it from the test thread could race)."""
+
+        async def copy() -> list[dict[str, Any]]:
+            return [dict(e.data) for e in self.box.bus.recent if e.topic == topic]
+
+        return self.run(copy())
+
     def wait(self, cond: Any, timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

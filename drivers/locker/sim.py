@@ -6,7 +6,8 @@ the real codec and the real port handling. Driver options (board, doors, channel
 timeout, local_echo, confirm_timeout, confirm_interval, settle) pass through; the rest are the
 board's knobs: `sim_board` (the address the board answers to, default `board`: set it apart to see a
 wrong DIP address), `no_reply`, `bad_checksum`, `split`, `delay_ms`, `echo`, `stuck` and `items`
-(comma-separated doors). With `dialect=cu48` the board is a SimKerongCU48 driven by KerongCU48:
+(comma-separated doors), `auto_close` (seconds until an opened door shuts by itself: the demo).
+With `dialect=cu48` the board is a SimKerongCU48 driven by KerongCU48:
 `firmware=a|b` picks the board's firmware dialect (default a) and the driver detects it at open();
 `detect=false` tells the driver the firmware's dialect instead (no detection queries).
 8A only: `channels` passes through to the driver; `sim_channels` is the board's own channel
@@ -80,6 +81,7 @@ class SimOptions:
     split: bool = False
     delay_ms: float = 0.0
     echo: bool = False
+    auto_close: float = 0.0  # seconds until an opened door shuts by itself (the demo)
     stuck: str = ""
     items: str = ""
     firmware: str = field(default="a", metadata={"choices": ("a", "b")})  # cu48 only
@@ -140,7 +142,7 @@ class SimLocker(Locker):
         if self._driver is not None:
             return
         o, s = self.options, self.sim
-        faults = Faults(s.no_reply, s.bad_checksum, s.split, s.delay_ms, s.echo)
+        faults = Faults(s.no_reply, s.bad_checksum, s.split, s.delay_ms, s.echo, s.auto_close)
         knobs: dict[str, Any] = {
             "board": o.board if s.sim_board is None else s.sim_board,
             "doors": o.doors,

@@ -31,6 +31,9 @@ class Faults:
     split: bool = False  # write each reply one byte at a time, with a gap
     delay_ms: float = 0.0  # wait before answering
     echo: bool = False  # echo each request first, like an RS485 adapter with local echo
+    # The demo's "person": a door opened shuts again this many seconds later (0: stays open
+    # until close_door(), as tests drive it).
+    auto_close: float = 0.0
 
 
 class SimBoard(ABC):
@@ -57,6 +60,7 @@ class SimBoard(ABC):
         self.faults = faults
         self._lock = threading.Lock()
         self._open: set[int] = set()
+        self._opened_at: dict[int, float] = {}
         self._stuck = set(stuck)
         self._items = set(items)
         self._buf = bytearray()
@@ -82,7 +86,16 @@ class SimBoard(ABC):
 
     def is_open(self, door: int) -> bool:
         with self._lock:
+            self._auto_close(door)
             return door in self._open
+
+    def _auto_close(self, door: int) -> None:
+        """With the lock held: a door left open longer than `auto_close` has been shut."""
+        at = self._opened_at.get(door)
+        limit = self.faults.auto_close
+        if limit > 0 and at is not None and time.monotonic() - at >= limit:
+            self._open.discard(door)
+            del self._opened_at[door]
 
     def unlocks(self) -> list[bytes]:
         """Every unlock request seen on the wire, whatever its address."""
@@ -105,10 +118,12 @@ class SimBoard(ABC):
         with self._lock:
             if door not in self._stuck:
                 self._open.add(door)
+                self._opened_at[door] = time.monotonic()
 
     def _signal(self, door: int) -> bool:
         """The sensor bit a door shows: `open_bit` when open."""
         with self._lock:
+            self._auto_close(door)
             is_open = door in self._open
         return bool(self.open_bit) == is_open
 

@@ -158,8 +158,12 @@ class Scanner(Device):
             self.open()
             scan = self.read(listen)
         except DriverError as err:
-            return SelfTest(False, f"scanner error: {err}", getattr(err, "hint", "") or
-                            "check the reader's cable and configuration / 检查扫码器连接和配置")
+            return SelfTest(
+                False,
+                f"scanner error: {err}",
+                getattr(err, "hint", "")
+                or "check the reader's cable and configuration / 检查扫码器连接和配置",
+            )
         if scan is None:
             return SelfTest(
                 True,

@@ -45,11 +45,29 @@ from drivers.url import options, parse_url
 log = logging.getLogger(__name__)
 
 # zbar symbology names (pyzbar.ZBarSymbol members) a configuration may name.
-SYMBOLOGIES = frozenset({
-    "EAN2", "EAN5", "EAN8", "UPCE", "ISBN10", "UPCA", "EAN13", "ISBN13", "COMPOSITE", "I25",
-    "DATABAR", "DATABAR_EXP", "CODABAR", "CODE39", "PDF417", "QRCODE", "SQCODE", "CODE93",
-    "CODE128",
-})
+SYMBOLOGIES = frozenset(
+    {
+        "EAN2",
+        "EAN5",
+        "EAN8",
+        "UPCE",
+        "ISBN10",
+        "UPCA",
+        "EAN13",
+        "ISBN13",
+        "COMPOSITE",
+        "I25",
+        "DATABAR",
+        "DATABAR_EXP",
+        "CODABAR",
+        "CODE39",
+        "PDF417",
+        "QRCODE",
+        "SQCODE",
+        "CODE93",
+        "CODE128",
+    }
+)
 # A loop that keeps failing waits this long at most before the next try (doubling from 0.1 s).
 MAX_BACKOFF = 2.0
 DECODE_TIMEOUT = 2.0  # a decode taking longer than this means a hung child: kill and restart
@@ -136,8 +154,10 @@ class DecoderProcess:
         parent, child = self._ctx.Pipe()
         try:
             proc = self._ctx.Process(
-                target=_worker_main, args=(child, self.symbols, self.crash_on),
-                name="scanner-decoder", daemon=True,
+                target=_worker_main,
+                args=(child, self.symbols, self.crash_on),
+                name="scanner-decoder",
+                daemon=True,
             )
             proc.start()
         except BaseException:
@@ -239,8 +259,9 @@ class CameraScanner(Scanner):
         try:
             import cv2  # noqa: F401  (only a configured camera pays for OpenCV)
         except ImportError as err:
-            raise DeviceInitError(self.name, f"OpenCV unavailable: {err}",
-                                  "install opencv-python-headless") from err
+            raise DeviceInitError(
+                self.name, f"OpenCV unavailable: {err}", "install opencv-python-headless"
+            ) from err
         self._source = (self._source_factory or self._open_capture)()
         self._stop.clear()
         self._last_frame_at = time.monotonic()

@@ -92,7 +92,10 @@ class LineAssembler:
         self.dropped += 1
         log.warning(
             "scanner %s: dropped %d bytes with no terminator after a %.0f ms gap: %r",
-            self.device, len(line), self.gap * 1000, line[:40],
+            self.device,
+            len(line),
+            self.gap * 1000,
+            line[:40],
         )
         return None
 
@@ -104,5 +107,7 @@ class LineAssembler:
         self.dropped += 1
         log.warning(
             "scanner %s: discarded a line over %d bytes: %r...",
-            self.device, self.max_len, sample[:40],
+            self.device,
+            self.max_len,
+            sample[:40],
         )

@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 SCHEMES = ("serial", "socket", "loop", "spy")
 # AIM code id letter -> zbar-style symbology name (AIM ISS "Symbology Identifiers").
 AIM = {
-    "A": "CODE39", "C": "CODE128", "E": "EAN13", "I": "I25", "L": "PDF417",
-    "Q": "QRCODE", "d": "DATAMATRIX", "e": "DATABAR", "z": "AZTEC",
+    "A": "CODE39",
+    "C": "CODE128",
+    "E": "EAN13",
+    "I": "I25",
+    "L": "PDF417",
+    "Q": "QRCODE",
+    "d": "DATAMATRIX",
+    "e": "DATABAR",
+    "z": "AZTEC",
 }
 # Control bytes a real payload can carry: TAB, and GS/RS/EOT of GS1 and ISO 15434 data.
 _ALLOWED_CONTROLS = frozenset(b"\t\x1d\x1e\x04")
@@ -75,7 +82,10 @@ class SerialScanner(Scanner):
         opts = options(name, SerialOptions, parsed.params)
         super().__init__(name, url, opts.dedup)
         positive = {
-            "baud": opts.baud, "max_len": opts.max_len, "gap": opts.gap, "pulse": opts.pulse,
+            "baud": opts.baud,
+            "max_len": opts.max_len,
+            "gap": opts.gap,
+            "pulse": opts.pulse,
         }
         for param, value in positive.items():
             if value <= 0:
@@ -171,4 +181,3 @@ class SerialScanner(Scanner):
             raise DeviceOperationError(self.name, "port not open")
         # serial_for_url returns a SerialBase subclass; every one has the Serial methods used.
         return cast(serial.Serial, self._port.serial)
-

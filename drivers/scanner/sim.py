@@ -204,10 +204,16 @@ class SimScanner(Scanner):
         try:
             if o.kind == "serial":
                 self.reader = SimSerialReader(o, self.name)
-                query = urlencode({
-                    "dedup": 0, "suffix": o.suffix, "gap": o.gap, "max_len": o.max_len,
-                    "aim": o.aim, "feedback": "gm65",
-                })
+                query = urlencode(
+                    {
+                        "dedup": 0,
+                        "suffix": o.suffix,
+                        "gap": o.gap,
+                        "max_len": o.max_len,
+                        "aim": o.aim,
+                        "feedback": "gm65",
+                    }
+                )
                 from drivers.scanner.serial_scanner import SerialScanner
 
                 url = f"serial://{self.reader.path}?{query}"
@@ -227,11 +233,17 @@ class SimScanner(Scanner):
         o = self.options
         how = Degrade(o.blur, o.rotate, o.noise, o.contrast, o.glare)
         self.camera = SimCamera(o.width, o.height, o.fps, how, o.module_px)
-        query = urlencode({
-            "dedup": 0, "symbologies": o.symbologies, "width": o.width, "height": o.height,
-            "fps": o.fps, "crash_on": o.crash_on,
-            "fail_restarts": o.fail_restarts,
-        })
+        query = urlencode(
+            {
+                "dedup": 0,
+                "symbologies": o.symbologies,
+                "width": o.width,
+                "height": o.height,
+                "fps": o.fps,
+                "crash_on": o.crash_on,
+                "fail_restarts": o.fail_restarts,
+            }
+        )
         camera = self.camera
         self.inner = CameraScanner(
             f"{self.name}/camera", f"camera://sim?{query}", source=lambda: camera

@@ -42,8 +42,13 @@ def scene(width: int, height: int, seed: int = 0) -> Any:
 
 
 def compose(
-    text: str | None, width: int, height: int, how: Degrade, rng: np.random.Generator,
-    module_px: int = 6, at: tuple[int, int] | None = None,
+    text: str | None,
+    width: int,
+    height: int,
+    how: Degrade,
+    rng: np.random.Generator,
+    module_px: int = 6,
+    at: tuple[int, int] | None = None,
 ) -> Any:
     """One frame: the scene with `text` as a QR code (None: empty) after degradation."""
     img = scene(width, height).astype(np.float32)
@@ -80,8 +85,13 @@ class SimCamera:
     VARIANTS = 4
 
     def __init__(
-        self, width: int = 640, height: int = 480, fps: float = 30.0,
-        how: Degrade = Degrade(), module_px: int = 6, seed: int = 0,
+        self,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 30.0,
+        how: Degrade = Degrade(),
+        module_px: int = 6,
+        seed: int = 0,
     ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.how, self.module_px = how, module_px
@@ -103,8 +113,10 @@ class SimCamera:
             int(self._rng.integers(0, self.height // 2)),
             int(self._rng.integers(0, self.width // 2)),
         )
-        return [compose(text, self.width, self.height, how, self._rng, self.module_px, at)
-                for _ in range(self.VARIANTS)]
+        return [
+            compose(text, self.width, self.height, how, self._rng, self.module_px, at)
+            for _ in range(self.VARIANTS)
+        ]
 
     def present(self, text: str | bytes | None, hold: float | None = None) -> None:
         """Show `text` as a QR code from the next frame on (None: empty scene), for `hold` s."""

@@ -48,16 +48,20 @@ class WedgeScanner(Scanner):
         try:
             import evdev
         except ImportError as err:
-            raise DeviceInitError(self.name, "python-evdev is not installed",
-                                  "pip install evdev") from err
+            raise DeviceInitError(
+                self.name, "python-evdev is not installed", "pip install evdev"
+            ) from err
         try:
             self._dev = evdev.InputDevice(self.path)
             if self.options.grab:
                 self._dev.grab()  # EVIOCGRAB: the scan must not also type into a console
         except OSError as err:
             self._close()
-            raise DeviceInitError(self.name, f"cannot open {self.path}: {err}",
-                                  open_hint(err, self.path).replace("dialout", "input")) from err
+            raise DeviceInitError(
+                self.name,
+                f"cannot open {self.path}: {err}",
+                open_hint(err, self.path).replace("dialout", "input"),
+            ) from err
         self._state = KeyState()
 
     @override
