@@ -191,6 +191,19 @@ class Lane:
             return self._publish(
                 {"lane": self.name, "source": source, "code_fp": fp, "decision": verdict, **result}
             )
+        if self.cfg.kind == "locker":
+            # Only the box's pickup codes open a compartment; anything else is not for here.
+            checked = await self.db.call(self.svc.validate, text, self.name)
+            decision = checked.with_(
+                reason=Reason.UNKNOWN_CODE if checked.admit else checked.reason,
+                detail="not a pickup code of this locker / 非本柜取件码",
+            )
+            self._feedback(False, display_line(decision.reason))
+            self.hooks.observe(self.name, decision, time.monotonic() - t0)
+            zh, en = display_line(decision.reason)
+            return self._publish(
+                decision.to_json() | {"source": source, "code_fp": fp, "line_zh": zh, "line_en": en}
+            )
         if self.cfg.kind == "gate":
             cid = await self.db.call(self.svc.identify_id, text, self.name)
             now = time.monotonic()

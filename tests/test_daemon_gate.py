@@ -240,3 +240,22 @@ def test_api_needs_the_token_and_rejects_bad_bodies(tmp_path: Path) -> None:
         assert d.api("POST", "/api/v1/redeem", {"code": "x", "lane": "entry"})[0] == 400
         status, health = d.api("GET", "/healthz")
         assert status == 200 and health["status"] == "ok"
+
+
+def test_repeated_wrong_short_codes_are_rate_limited_per_lane(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    with running(site) as d:
+        reasons = [d.scan("entry", random_short_code(12))["reason"] for _ in range(12)]
+        assert reasons[0] == "unknown_code" and reasons[-1] == "rate_limited", reasons
+        # Another lane is not punished for this one's guesses.
+        assert d.scan("entry2", random_short_code(12))["reason"] == "unknown_code"
+
+
+def test_a_ticket_at_the_locker_opens_nothing_and_records_nothing(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    code = site.ticket()
+    with running(site) as d:
+        out = d.scan("lockers", code)
+        assert out["decision"] == "deny" and out["reason"] == "unknown_code"
+        assert d.api("GET", "/api/v1/status")[1]["ledger"]["redemptions"] == {}
+        assert d.scan("entry", code)["state"] == "confirmed"  # still unused
