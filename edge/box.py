@@ -179,7 +179,19 @@ class Box:
                 out.append((f"fire-{name}", lane.watch_fire))
         assert self.spool is not None
         out.append(("spool", self.spool.run))
+        out.append(("alerts", self._forward_alerts))
         return out
+
+    async def _forward_alerts(self, stop: asyncio.Event) -> None:
+        """Device alerts (down, up again, paper out) go to the cloud through the outbox."""
+        sub = self.bus.subscribe({"device"})
+        try:
+            while not stop.is_set():
+                event = await sub.get(timeout=0.5)
+                if event is not None:
+                    await self.record("device_alert", dict(event.data))
+        finally:
+            sub.close()
 
     async def stop_lanes(self, grace_s: float) -> None:
         """Stop taking scans; a passage in progress gets `grace_s`, then is cut short."""

@@ -21,7 +21,7 @@ from edge import client
 from edge import config as cfgmod
 from edge.client import daemon_url
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
-from edge.doctor import config_problems, render_table, run_doctor
+from edge.doctor import DeviceCheck, config_problems, render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
 from edge.rules import Reason
 from edge.service import RedemptionService
@@ -417,7 +417,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    checks = run_doctor(config.devices, test_page=args.test_page)
+    if daemon_url(config.state_dir) is not None:
+        # The daemon holds the ports: ask it instead of opening them a second time.
+        if args.test_page:
+            raise EdgeError("stop the daemon for --test-page, or print one from the kiosk")
+        st = client.call(config.state_dir, "GET", "/api/v1/status")
+        checks = [
+            DeviceCheck(
+                d["name"],
+                d["class"],
+                d["driver"],
+                config.devices[d["name"]].url if d["name"] in config.devices else "",
+                bool(d["up"]),
+                "up (daemon running) / 运行中" if d["up"] else f"down: {d['error']}",
+                d["hint"],
+                0.0,
+            )
+            for d in st["devices"]
+        ]
+    else:
+        checks = run_doctor(config.devices, test_page=args.test_page)
     doc = {
         "schema": SCHEMA_VERSION,
         "devices": [c.to_json() for c in checks],

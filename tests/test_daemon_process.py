@@ -245,3 +245,18 @@ def test_demo_refused_where_a_real_anchor_is_installed(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     r = edge("run", "--demo", env={"EDGE_HOME": str(site.home)})
     assert r.returncode == 2 and "refusing --demo" in r.stderr
+
+
+def test_doctor_and_status_while_the_daemon_holds_the_devices(tmp_path: Path, procs: list[Proc]) -> None:
+    site = make_site(tmp_path)
+    p = Proc(site)
+    procs.append(p)
+    p.wait_ready()
+    r = edge("doctor", "--home", str(site.home), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and {d["name"] for d in doc["devices"]} >= {"gate-in", "wall", "hot"}
+    assert all("daemon running" in d["detail"] for d in doc["devices"])
+    r = edge("status", "--home", str(site.home), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["cache"]["active"]
+    assert p.stop() < 5.0
