@@ -22,7 +22,8 @@ from edge.bus import EventBus
 from edge.cache import ImportResult
 from edge.config import BoxConfig
 from edge.decision import Decision
-from edge.devices import DeviceSlot, make_slot
+from edge.devices import DeviceDown, DeviceSlot, make_slot
+from edge.errors import Stopping
 from edge.lanes import Lane
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
@@ -164,7 +165,13 @@ class Box:
             )
             for reason in Reason:
                 self.m_decisions.inc(0, lane=name, reason=str(reason))
+        if await self.db.call(svc.ledger.meta, "emergency") == "1":
+            log.warning("emergency free passage was on at the last stop: still on")
+            for lane in self.lanes.values():
+                if lane.cfg.kind == "gate":
+                    await lane.set_emergency(True)
         await self.refresh_stats()
+        self.crowd.levels.update({z.zone: z.level for z in self.zones})
 
     def loops(self) -> list[tuple[str, Loop]]:
         """The long-lived loops the daemon supervises."""
@@ -194,10 +201,13 @@ class Box:
             sub.close()
 
     async def stop_lanes(self, grace_s: float) -> None:
-        """Stop taking scans; a passage in progress gets `grace_s`, then is cut short."""
+        """Stop taking scans; a passage in progress gets `grace_s`, then every gate is told to
+        stop (an open queued behind an inputs read is refused by `accepting` instead)."""
         self.stopping = True
         for lane in self.lanes.values():
             lane.accepting = False
+        for bank in self.lockers.values():
+            bank.stopping = True
         deadline = time.monotonic() + grace_s
         while any(lane.state.busy for lane in self.lanes.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -207,6 +217,12 @@ class Box:
     async def close(self) -> None:
         """Persist and release everything; safe after a failed start. Idempotent."""
         self.stopping = True
+        for lane in self.lanes.values():  # settle opens still running (cut short by now)
+            lane.accepting = False
+            lane.cancel_inflight()
+        actuations = [t for lane in self.lanes.values() for t in lane.actuations]
+        if actuations:
+            await asyncio.wait(actuations, timeout=3.0)
         if self.spool is not None:
             with contextlib.suppress(Exception):
                 await self.spool.close()
@@ -314,33 +330,61 @@ class Box:
     # -- supervisor actions (audited) ------------------------------------------------------------
 
     async def set_emergency(self, on: bool, actor: str, note: str = "") -> dict[str, Any]:
+        """Software free passage on every gate lane (audited, kept across a restart). It never
+        clears a lane's hardware fire state."""
         await self.audit(
             actor,
             "emergency_free_passage",
             "all gate lanes",
             f"{'on' if on else 'off'} {note}".strip(),
         )
+        assert self.svc is not None
+        await self.db.call(self._set_meta, "emergency", "1" if on else "0")
         for lane in self.lanes.values():
             if lane.cfg.kind == "gate":
                 await lane.set_emergency(on)
         return self.lanes_json()
 
+    def _set_meta(self, key: str, value: str) -> None:
+        assert self.svc is not None
+        with transaction(self.svc.ledger.conn):
+            self.svc.ledger.set_meta(key, value)
+
     async def manual_open(self, lane: str, actor: str, persons: int, note: str) -> dict[str, Any]:
         target = self._lane(lane)
+        self._refuse_if_stopping()
         await self.audit(actor, "manual_open", lane, f"{persons} person(s): {note}")
         return await target.manual_open(persons)
 
     async def force_admit(self, code: str, lane: str, actor: str, note: str) -> dict[str, Any]:
+        """A supervisor overrides a deny: recorded forced, audited, and (gate lanes) the gate
+        opens in the lane's turn, like a scan. Refused where it could not be settled."""
         target = self._lane(lane)
+        self._refuse_if_stopping()
+        if target.cfg.kind == "locker":
+            raise ValueError(f"lane {lane} is a locker lane: open a door from the locker screen")
+        if target.cfg.kind == "gate":
+            if target.gate is None or not target.gate.up:
+                raise DeviceDown(lane, "the lane's gate is down", "check the gate / 检查闸机")
+            if target.state.fire:
+                raise ValueError(f"lane {lane} is in fire mode: free passage, nothing to admit")
         assert self.svc is not None
-        d = await self.db.call(self.svc.force_admit, code, lane, note=note, actor=actor)
-        await self.audit(actor, "force_admit", lane, f"{d.canonical_id or '-'}: {note}")
-        self.observe(lane, d, None)
-        out = d.to_json()
-        if d.admit and target.cfg.kind == "gate" and d.state == "pending":
-            out |= await target._open_gate(d, time.monotonic())
-        target._publish(out | {"source": "force_admit"})
-        return out
+        async with target.turn:
+            t0 = time.monotonic()
+            d = await self.db.call(self.svc.force_admit, code, lane, note=note, actor=actor)
+            await self.audit(actor, "force_admit", lane, f"{d.canonical_id or '-'}: {note}")
+            self.observe(lane, d, None)
+            out = d.to_json()
+            if d.admit and target.cfg.kind == "gate" and d.state == "pending":
+                out |= await target._open_gate(d, t0)
+                out.pop("latency_s", None)
+        if d.admit:
+            await self.occupancy_changed()
+        return target._publish(out | {"source": "force_admit"})
+
+    def _refuse_if_stopping(self) -> None:
+        if self.stopping:
+            raise Stopping("the gateway is stopping / 网关正在停止")
 
     def _lane(self, name: str) -> Lane:
         lane = self.lanes.get(name)
@@ -387,6 +431,7 @@ class Box:
         await asyncio.to_thread(ledger.checkpoint, "PASSIVE")
         for bank in self.lockers.values():
             await bank.expire()
+        await self.occupancy_changed()  # the business day rolls over; voids from the kiosk
         await self.refresh_stats()
 
     def degraded(self) -> list[str]:

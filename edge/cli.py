@@ -20,7 +20,7 @@ from typing import Any
 from edge import client
 from edge import config as cfgmod
 from edge.client import daemon_url
-from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision
+from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision, iso
 from edge.doctor import DeviceCheck, config_problems, render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
 from edge.rules import Reason
@@ -211,7 +211,8 @@ def _daemon_state(args: argparse.Namespace) -> Path | None:
 
 def cmd_bundle_import(args: argparse.Namespace) -> int:
     if (state := _daemon_state(args)) is not None:
-        body = {"path": str(args.file.resolve()), "at": args.at}
+        at = parse_at(args.at)  # refuse a time without a UTC offset here too
+        body = {"path": str(args.file.resolve()), "at": None if at is None else iso(at)}
         try:
             doc = client.call(state, "POST", "/api/v1/bundles/import", body, timeout=600)
         except client.DaemonError as err:

@@ -3,6 +3,7 @@ commands (redeem, bundle import, scan) go through its loopback API with the box'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import urllib.error
@@ -27,13 +28,21 @@ def daemon_url(state_dir: Path) -> str | None:
         pid, url = int(info["pid"]), str(info["url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # The daemon holds the state directory's write lock for its whole life: a file left behind
+    # by a killed daemon (its pid perhaps reused since) has the lock free.
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # left behind by a killed daemon
-    except PermissionError:
-        pass  # running as another user (the service user): it is alive
-    return url
+        fd = os.open(state_dir / "edge.lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return url if pid > 0 else None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def call(state_dir: Path, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
@@ -52,7 +61,9 @@ def call(state_dir: Path, method: str, path: str, body: Any = None, timeout: flo
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        # No proxy, ever: the token must not leave the box (http_proxy would be honoured).
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:
         try:

@@ -25,7 +25,7 @@ from typing import Any
 from edge.box import Box
 from edge.config import BoxConfig
 from edge.notify import Notifier
-from edge.store import WriteLock
+from edge.store import WriteLock, fsync_dir
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 1.5  # a visitor already in the gate gets this long to pass at shutdown
@@ -38,28 +38,42 @@ async def supervised(
     """Run a long-lived loop until `stop`; restart it with backoff when it fails."""
     delay = 0.5
     while not stop.is_set():
+        started = time.monotonic()
         try:
             await fn(stop)
-            delay = 0.5
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("task %s failed; restarting in %.1f s", name, delay)
         if stop.is_set():
             break
+        if time.monotonic() - started > 60.0:  # it ran healthy for a while: a fresh failure
+            delay = 0.5
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, 30.0)
 
 
 def api_token(state_dir: Path) -> str:
-    """The local API token (owner-only file): the CLI's state-changing commands use it."""
+    """The local API token (owner-only file): the CLI's state-changing commands use it. Written
+    to a temporary file, fsync'd and renamed, so a power cut never leaves an empty token."""
     path = state_dir / "api-token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if len(token) >= 32:
+        return token
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(".api-token.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(state_dir)
+    return token
 
 
 class Daemon:
@@ -147,7 +161,10 @@ class Daemon:
             self.notifier.status(box.status_line())
             if time.monotonic() - last_maintenance >= MAINTENANCE_S:
                 last_maintenance = time.monotonic()
-                await box.maintenance()
+                try:
+                    await box.maintenance()
+                except Exception:  # never take the daemon down for housekeeping
+                    log.exception("maintenance failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), min(interval, 5.0))
 

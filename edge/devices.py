@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from drivers.base import Device
-from drivers.errors import DeviceInitError, DriverError
+from drivers.errors import (
+    DeviceInitError,
+    DeviceOperationError,
+    DeviceTimeout,
+    DriverError,
+    StaleCommand,
+)
 from drivers.registry import load as load_driver
 from edge.bus import EventBus
 from edge.config import DeviceConfig
@@ -25,6 +31,7 @@ from edge.runner import Runner
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REOPEN_MIN_S, REOPEN_MAX_S = 1.0, 30.0
+DOWN_AFTER = 3  # operations failing in a row that mark a device down
 
 
 class DeviceDown(Exception):
@@ -45,7 +52,8 @@ class DeviceSlot:
     error: str = "not opened yet"
     hint: str = ""
     since: float = field(default_factory=time.time)
-    failures: int = 0  # operations that failed since the last successful open
+    failures: int = 0  # operations that failed in a row
+    opened_once: bool = False
 
     @property
     def name(self) -> str:
@@ -61,17 +69,32 @@ class DeviceSlot:
         if not self.up or self.device is None:
             raise DeviceDown(self.name, self.error, self.hint)
         try:
-            return await self.runner.call(fn, self.device, *args, **kwargs)
-        except DriverError as err:
+            result = await self.runner.call(fn, self.device, *args, **kwargs)
+        except (DeviceTimeout, DeviceOperationError) as err:
             self.failures += 1
-            raise err
+            # Printers excepted: the spool owns their state (paper out is not "down").
+            gone = self.failures >= DOWN_AFTER and self.device_class != "printer"
+            if gone and not isinstance(err, StaleCommand):
+                # Gone (unplugged, powered off): down until the supervisor reopens it.
+                self.mark_down(str(err), getattr(err, "hint", "") or "check power and cable")
+            raise
+        self.failures = 0
+        return result
 
     async def open(self) -> bool:
         """Open the device on its thread; True when up. Never raises for a device fault."""
         if self.device is None:
             return False
+        if self.opened_once:  # a reopen: release the dead port first, or open() is a no-op
+            with contextlib.suppress(Exception):
+                await self.runner.call(self.device.close)
+        self.opened_once = True
         try:
             await self.runner.call(self.device.open)
+            if self.device_class in ("gate", "locker"):  # harmless: an inputs/status read
+                check = await self.runner.call(self.device.self_test)
+                if not check.ok:
+                    raise DeviceInitError(self.name, check.detail, check.hint)
         except DriverError as err:
             hint = err.hint if isinstance(err, DeviceInitError) else ""
             self.mark_down(str(err), hint)

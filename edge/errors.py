@@ -55,6 +55,10 @@ class BundleRefused(EdgeError):
         super().__init__(f"{reason}: {detail}")
 
 
+class Stopping(EdgeError):
+    """The daemon is stopping: the request was not started."""
+
+
 class NotFound(EdgeError):
     """A redemption id (or another key) that the caller named does not exist."""
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from drivers.errors import DriverError
 from edge.devices import DeviceDown
-from edge.errors import BundleRefused, EdgeError, InvalidTransition, NotFound
+from edge.errors import BundleRefused, EdgeError, InvalidTransition, NotFound, Stopping
 
 if TYPE_CHECKING:
     from edge.box import Box
@@ -111,9 +111,8 @@ def create_app(box: Box) -> FastAPI:
 
     async def auth(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), box.token.encode()
-        ):
+        good = len(box.token) >= 32 and hmac.compare_digest(token.encode(), box.token.encode())
+        if scheme.lower() != "bearer" or not good:
             raise HTTPException(401, "missing or wrong API token (state directory: api-token)")
 
     @app.exception_handler(KeyError)
@@ -126,7 +125,7 @@ def create_app(box: Box) -> FastAPI:
 
     @app.exception_handler(EdgeError)
     async def edge_error(_: Request, err: EdgeError) -> JSONResponse:
-        status = 404 if isinstance(err, NotFound) else 409
+        status = 404 if isinstance(err, NotFound) else 503 if isinstance(err, Stopping) else 409
         return JSONResponse({"detail": str(err), "error": type(err).__name__}, status)
 
     @app.exception_handler(DeviceDown)
@@ -182,14 +181,13 @@ def create_app(box: Box) -> FastAPI:
 
     @api.post("/lanes/{lane}/scan")
     async def scan(lane: str, body: ScanIn) -> dict[str, Any]:
-        try:
-            return await box._lane(lane).submit(body.code, source="api")
-        except RuntimeError as err:
-            raise HTTPException(503, str(err)) from err
+        return await box._lane(lane).submit(body.code, source="api")
 
     @api.post("/void")
     async def void(body: VoidIn) -> dict[str, Any]:
         assert box.svc is not None
+        if any(lane.inflight == body.redemption_id.lower() for lane in box.lanes.values()):
+            raise HTTPException(409, "the visitor is in the gate right now; wait for the passage")
         try:
             r = await box.db.call(box.svc.void, bytes.fromhex(body.redemption_id), body.why)
         except InvalidTransition as err:

@@ -23,8 +23,18 @@ from drivers.scanner import Scanner
 from edge.bus import EventBus
 from edge.codes import code_fingerprint
 from edge.config import LaneConfig
-from edge.decision import REASON_TEXT, Decision
+from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot
+from edge.errors import InvalidTransition, Stopping
+from edge.lane_text import (
+    LINE_AGAIN,
+    LINE_FAULT,
+    LINE_FIRE,
+    LINE_FREE,
+    LINE_NOT_HERE,
+    LINE_PASS,
+    display_line,
+)
 from edge.pickups import is_pickup_code
 from edge.rules import Reason
 from edge.runner import Runner
@@ -32,30 +42,9 @@ from edge.service import RedemptionService
 
 log = logging.getLogger(__name__)
 
-# What the visitor reads on the lane's display (short: a 2x16 or 4x20 customer display).
-LINE_PASS = ("请通行", "Please pass")
-LINE_FIRE = ("消防疏散 请通行", "Emergency exit open")
-LINE_FREE = ("紧急放行 请通行", "Free passage")
-LINE_FAULT = ("设备故障 请找工作人员", "Gate fault, ask staff")
-LINE_WAIT = ("请稍候", "Please wait")
-SHORT_LINES: dict[Reason, tuple[str, str]] = {
-    Reason.ALREADY_USED: ("票已使用", "Ticket already used"),
-    Reason.USED_ELSEWHERE: ("票已在他处使用", "Used at another gate"),
-    Reason.EXPIRED: ("票已过期", "Ticket expired"),
-    Reason.NOT_YET_VALID: ("未到使用日期", "Not valid yet"),
-    Reason.WRONG_SLOT: ("不在预约时段", "Outside your time slot"),
-    Reason.CAPACITY_FULL: ("已满 请稍候", "Full, please wait"),
-    Reason.PASSBACK: ("请先出园", "Exit first"),
-    Reason.UNKNOWN_CODE: ("无效码", "Unknown code"),
-    Reason.MALFORMED: ("无法识别", "Code not readable"),
-}
 FIRE_POLL_S = 1.0
-
-
-def display_line(reason: Reason) -> tuple[str, str]:
-    if reason is Reason.OK:
-        return LINE_PASS
-    return SHORT_LINES.get(reason, REASON_TEXT[reason])
+COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
+MAX_OPEN = 100  # persons per gate command (drivers.gate.MAX_PERSONS); larger groups in turns
 
 
 _Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
@@ -103,6 +92,8 @@ class Lane:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=64)
         self.accepting = True
         self.inflight: str | None = None  # redemption id waiting for its passage
+        self.turn = asyncio.Lock()  # one visitor at a time: scans, forced admits, manual opens
+        self.actuations: set[asyncio.Task[dict[str, Any]]] = set()
 
     @property
     def name(self) -> str:
@@ -140,13 +131,25 @@ class Lane:
             except TimeoutError:
                 continue
             try:
-                result = await self.handle(text, t0=t0, source=source)
+                async with self.turn:
+                    result = await self.handle(text, t0=t0, source=source)
             except Exception as err:
+                # One bad scan must not stall the lane: log it, tell the visitor, go on.
+                log.exception("lane %s: handling a scan failed", self.name)
+                self._feedback(False, LINE_FAULT)
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
-                raise
+                continue
             if fut is not None and not fut.done():
                 fut.set_result(result)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """At stop: callers waiting on queued scans get an answer instead of hanging."""
+        while not self.queue.empty():
+            *_, fut = self.queue.get_nowait()
+            if fut is not None and not fut.done():
+                fut.set_exception(Stopping(f"lane {self.name} is stopping"))
 
     async def watch_fire(self, stop: asyncio.Event) -> None:
         """Mirror the gate's fire input (hardware wins; software only reports it)."""
@@ -170,7 +173,7 @@ class Lane:
         """A code typed at the kiosk or injected for this lane (`edge scan`): handled in turn
         with the scanner's scans; returns what the lane showed."""
         if not self.accepting:
-            raise RuntimeError(f"lane {self.name} is stopping")
+            raise Stopping(f"lane {self.name} is stopping")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         await self.queue.put((text, time.monotonic(), source, fut))
         return await fut
@@ -198,11 +201,25 @@ class Lane:
                 reason=Reason.UNKNOWN_CODE if checked.admit else checked.reason,
                 detail="not a pickup code of this locker / 非本柜取件码",
             )
-            self._feedback(False, display_line(decision.reason))
+            zh, en = LINE_NOT_HERE if checked.admit else display_line(decision.reason)
+            self._feedback(False, (zh, en))
             self.hooks.observe(self.name, decision, time.monotonic() - t0)
-            zh, en = display_line(decision.reason)
             return self._publish(
                 decision.to_json() | {"source": source, "code_fp": fp, "line_zh": zh, "line_en": en}
+            )
+        if self.cfg.kind == "gate" and time.monotonic() - t0 > COMMAND_TTL_S:
+            # Read while an earlier group was passing: the visitor may have gone. Nothing is
+            # recorded; whoever is still there scans again.
+            self._feedback(False, LINE_AGAIN)
+            return self._publish(
+                {
+                    "lane": self.name,
+                    "decision": "scan_again",
+                    "code_fp": fp,
+                    "source": source,
+                    "line_zh": LINE_AGAIN[0],
+                    "line_en": LINE_AGAIN[1],
+                }
             )
         if self.cfg.kind == "gate":
             cid = await self.db.call(self.svc.identify_id, text, self.name)
@@ -215,10 +232,10 @@ class Lane:
             # The gate cannot open: say so and record nothing (the ticket stays unused).
             decision = await self.db.call(self.svc.validate, text, self.name)
             self._feedback(False, LINE_FAULT)
-            self.hooks.observe(self.name, decision, None)
             return self._publish(
                 decision.to_json()
                 | {
+                    "decision": "deny",
                     "source": source,
                     "code_fp": fp,
                     "gate_down": True,
@@ -259,6 +276,21 @@ class Lane:
         )
 
     async def _open_gate(self, d: Decision, t0: float) -> dict[str, Any]:
+        """Open for the persons admitted and settle the redemption (confirm what passed, void
+        when nobody did). It runs as its own task: a lane cancelled at shutdown cuts the open
+        short but still settles, so a visitor who went through is never left on a voided or
+        pending ticket."""
+        task = asyncio.ensure_future(self._actuate(d, t0))
+        self.actuations.add(task)
+        task.add_done_callback(self.actuations.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.cancel_inflight()
+            await asyncio.wait([task])
+            raise
+
+    async def _actuate(self, d: Decision, t0: float) -> dict[str, Any]:
         assert d.redemption_id is not None and d.canonical_id is not None
         rid = bytes.fromhex(d.redemption_id)
         gate = self.gate
@@ -266,50 +298,59 @@ class Lane:
         persons = max(1, d.persons or 1)
         self.inflight = d.redemption_id
         self.state.busy = True
-        issued = time.monotonic()
-        latency = issued - t0
-        passage: Passage | None = None
-        why = ""
+        latency = time.monotonic() - t0
+        passed, fire, error, why = 0, False, None, ""
         try:
             self._feedback(True, LINE_PASS)
-            latency = time.monotonic() - t0
-            passage = await gate.call(gate_open, self.cfg.gate_side, persons, issued_at=issued)
+            left = persons
+            while left > 0 and self.accepting:
+                n = min(left, MAX_OPEN)
+                passage = await gate.call(gate_open, self.cfg.gate_side, n, issued_at=t0)
+                passed += passage.passed
+                fire, error = fire or passage.fire, passage.error or error
+                if passage.passed < n or passage.fire or passage.error:
+                    break
+                left -= n
         except StaleCommand as err:
             why = f"gate command dropped: {err}"
         except (DeviceDown, DriverError) as err:
+            # Before any pulse: it may or may not have reached the gate; the visitor is told
+            # to ask staff and the ticket stays usable (a supervisor can force an admit).
             why = f"gate did not open: {err}"
+        except Exception as err:  # a bug must not leave the redemption pending
+            log.exception("lane %s: gate open failed", self.name)
+            why = f"gate open failed: {err}"
         finally:
             self.state.busy = False
-        self.state.recent[d.canonical_id] = time.monotonic() + self.cfg.dedupe_s
-        self._prune_recent()
-        result: dict[str, Any] = {"latency_s": latency}
+        result: dict[str, Any] = {"latency_s": latency, "passed": passed}
         try:
-            if passage is None:
-                self._feedback(False, LINE_FAULT)
-                await self.db.call(self.svc.void, rid, why)
-                result |= {"passed": 0, "state": "voided", "why": why}
+            if fire:
+                await self._set_fire(True)
+            if passed > 0:
+                self.state.recent[d.canonical_id] = time.monotonic() + self.cfg.dedupe_s
+                await self.db.call(self.svc.confirm, rid, passed)
+                result["state"] = "confirmed"
             else:
-                if passage.fire:
-                    await self._set_fire(True)
-                if passage.passed > 0:
-                    await self.db.call(self.svc.confirm, rid, passage.passed)
-                    result |= {"passed": passage.passed, "state": "confirmed"}
-                else:
-                    why = passage.error or ("fire alarm" if passage.fire else "nobody passed")
-                    await self.db.call(self.svc.void, rid, why)
-                    result |= {"passed": 0, "state": "voided", "why": why}
-                if passage.error:
-                    result["gate_error"] = passage.error
-            self.bus.publish(
-                "passage",
-                lane=self.name,
-                redemption_id=d.redemption_id,
-                requested=persons,
-                passed=result["passed"],
-                state=result["state"],
-            )
+                self._feedback(False, LINE_FAULT if why else LINE_AGAIN)
+                why = why or error or ("fire alarm" if fire else "nobody passed")
+                await self.db.call(self.svc.void, rid, why)
+                result |= {"state": "voided", "why": why}
+            if error:
+                result["gate_error"] = error
+        except InvalidTransition as err:  # voided meanwhile (an undo from the kiosk)
+            log.warning("lane %s: %s; %d passed", self.name, err, passed)
+            result |= {"state": "voided", "why": str(err)}
         finally:
             self.inflight = None
+            self._prune_recent()
+        self.bus.publish(
+            "passage",
+            lane=self.name,
+            redemption_id=d.redemption_id,
+            requested=persons,
+            passed=passed,
+            state=result["state"],
+        )
         return result
 
     async def _free_passage(self, fp: str, t0: float) -> dict[str, Any]:
@@ -346,9 +387,19 @@ class Lane:
             raise ValueError(f"lane {self.name} has no gate")
         if self.state.fire:
             return {"lane": self.name, "passed": 0, "fire": True}
-        passage = await self.gate.call(
-            gate_open, self.cfg.gate_side, persons, issued_at=time.monotonic()
-        )
+        if not self.accepting:
+            raise Stopping(f"lane {self.name} is stopping")
+        async with self.turn:
+            self.state.busy = True
+            try:
+                passage = await self.gate.call(
+                    gate_open,
+                    self.cfg.gate_side,
+                    min(persons, MAX_OPEN),
+                    issued_at=time.monotonic(),
+                )
+            finally:
+                self.state.busy = False
         return {
             "lane": self.name,
             "passed": passage.passed,
@@ -370,7 +421,7 @@ class Lane:
 
     def cancel_inflight(self) -> None:
         """Shutdown: end a running gate open now (what passed is still confirmed)."""
-        if self.gate is not None and self.gate.device is not None and self.state.busy:
+        if self.gate is not None and self.gate.device is not None:
             dev = self.gate.device
             assert isinstance(dev, Gate)
             dev.cancel()

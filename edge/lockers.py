@@ -107,6 +107,7 @@ class LockerBank:
         self.doors = sorted(d for doors in cfg.sizes.values() for d in doors)
         self.size_of = {d: s for s, doors in cfg.sizes.items() for d in doors}
         self._busy: set[int] = set()
+        self.stopping = False  # the daemon is stopping: stop waiting for doors to close
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
 
@@ -299,7 +300,7 @@ class LockerBank:
             except (DeviceDown, DriverError) as err:  # keep looking until the deadline
                 log.debug("locker %s: door %d status: %s", self.name, door, err)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.stopping:
                 return False
             await asyncio.sleep(min(self.poll_s, remaining))
 

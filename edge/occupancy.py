@@ -10,6 +10,7 @@ published on the bus. Everything here runs on the database thread.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ class CrowdWatch:
             cfg = svc.config.zones.get(zone)
             warn = cfg.warn if cfg is not None and cfg.warn is not None else None
             if warn is None and full is not None:
-                warn = int(full * WARN_RATIO)
+                warn = max(1, math.ceil(full * WARN_RATIO))
             level = "normal"
             if full is not None and load >= full:
                 level = "full"

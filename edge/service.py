@@ -181,8 +181,8 @@ class RedemptionService:
             return self.identifier.identify(
                 text, self._lane(lane).name, now, False
             ).cred.canonical_id
-        except CodeError:
-            return None
+        except CodeError as err:  # a replayed or stale rotating code still names its ticket
+            return err.canonical_id
 
     def zone_full(self, zone_id: str | None, zone: dict[str, Any] | None = None) -> int | None:
         """The zone's capacity: the config's `full` threshold if set, else the bundle's."""
