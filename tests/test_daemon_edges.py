@@ -1,8 +1,9 @@
 """Edges found in review: undo during a passage, stale scans, rotating re-reads, forced admits
-where they cannot be settled, emergency mode across a restart, the API token, a stale daemon.json."""
+where they cannot be settled, emergency mode across a restart, the API token, daemon.json."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from pathlib import Path
@@ -25,16 +26,13 @@ def test_undo_from_the_kiosk_waits_for_the_visitor_in_the_gate(tmp_path: Path) -
     url = "sim://?board=modbus&pass_delay_ms=1200&window_s=3"
     site = make_site(tmp_path, devices={"gate-in": ("gate", url)})
     code = site.ticket()
-    with running(site) as d:
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            scan = pool.submit(d.scan, "entry", code)
-            d.wait(lambda: d.box.lanes["entry"].inflight is not None, what="gate open")
-            rid = d.box.lanes["entry"].inflight
-            status, body = d.api("POST", "/api/v1/void", {"redemption_id": rid, "actor": "c1"})
-            assert status == 409 and "in the gate" in body["detail"]
-            assert scan.result()["state"] == "confirmed"
+    with running(site) as d, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        scan = pool.submit(d.scan, "entry", code)
+        d.wait(lambda: d.box.lanes["entry"].inflight is not None, what="gate open")
+        rid = d.box.lanes["entry"].inflight
+        status, body = d.api("POST", "/api/v1/void", {"redemption_id": rid, "actor": "c1"})
+        assert status == 409 and "in the gate" in body["detail"]
+        assert scan.result()["state"] == "confirmed"
 
 
 def test_a_scan_that_waited_too_long_is_not_acted_on(tmp_path: Path) -> None:
