@@ -120,7 +120,8 @@ class Daemon:
                         await asyncio.sleep(0.01)
                     for name, fn in box.loops():
                         tg.create_task(supervised(name, fn, self.stop_event), name=name)
-                    self._announce()
+                    if not self.stop_event.is_set():  # no READY for a box already stopping
+                        self._announce()
                     tg.create_task(self._main_loop(), name="main")
                     await self.stop_event.wait()
                     self.notifier.stopping("stopping / 正在停止")

@@ -177,6 +177,8 @@ def create_app(box: Box) -> FastAPI:
         rid = bytes.fromhex(body.redemption_id) if body.redemption_id else None
         d = await box.db.call(box.svc.redeem, body.code, body.lane, redemption_id=rid)
         box.observe(body.lane, d, None)
+        if d.admit:
+            await box.occupancy_changed()
         return lane._publish(d.to_json() | {"source": "api"})
 
     @api.post("/lanes/{lane}/scan")

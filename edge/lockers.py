@@ -325,7 +325,11 @@ class LockerBank:
         return result
 
     async def open_all(self, actor: str, why: str) -> dict[str, Any]:
-        """Open every door, one at a time (one transaction on the wire at a time)."""
+        """Open every door, one at a time (one transaction on the wire at a time). Audited
+        before the first door moves (so an interrupted run is on record) and with the result."""
+        await self._audited(
+            actor, "locker_open_all_start", self.name, why, {"doors": len(self.doors)}
+        )
         results = [await self._tech_open(door, actor) for door in self.doors]
         out = {
             "locker": self.name,

@@ -346,8 +346,11 @@ def test_open_all_opens_every_door_and_is_audited(tmp_path: Path) -> None:
             res = await r.bank.open_all("tech-9", "fire drill")
             assert res["opened"] == [1, 2, 3, 4, 5, 7, 8] and res["failed"] == [6]
             assert all(r.board.is_open(d) for d in res["opened"])
-            assert await r.audit_rows() == [("tech-9", "locker_open_all", "wall")]
-            assert "fire drill" in r.audits[0][3] and "[6]" in r.audits[0][3]
+            assert await r.audit_rows() == [
+                ("tech-9", "locker_open_all_start", "wall"),  # on record before a door moves
+                ("tech-9", "locker_open_all", "wall"),
+            ]
+            assert "fire drill" in r.audits[1][3] and "[6]" in r.audits[1][3]
             told = [e.data for e in sub.pending() if e.data["event"] == "technician_open"]
             assert [(d["door"], d["opened"], d["actor"]) for d in told][5] == (6, False, "tech-9")
             assert (await r.states())[6] == "fault"
