@@ -23,6 +23,7 @@ from drivers.errors import (
     DriverError,
     StaleCommand,
 )
+from drivers.printer import Printer
 from drivers.registry import load as load_driver
 from edge.bus import EventBus
 from edge.config import DeviceConfig
@@ -72,8 +73,9 @@ class DeviceSlot:
             result = await self.runner.call(fn, self.device, *args, **kwargs)
         except (DeviceTimeout, DeviceOperationError) as err:
             self.failures += 1
-            # Printers excepted: the spool owns their state (paper out is not "down").
-            gone = self.failures >= DOWN_AFTER and self.device_class != "printer"
+            # A printer out of paper answers (the spool holds its jobs): only silence is "down".
+            silent = isinstance(err, DeviceTimeout) or self.device_class != "printer"
+            gone = self.failures >= DOWN_AFTER and silent
             if gone and not isinstance(err, StaleCommand):
                 # Gone (unplugged, powered off): down until the supervisor reopens it.
                 self.mark_down(str(err), getattr(err, "hint", "") or "check power and cable")
@@ -95,6 +97,8 @@ class DeviceSlot:
                 check = await self.runner.call(self.device.self_test)
                 if not check.ok:
                     raise DeviceInitError(self.name, check.detail, check.hint)
+            elif isinstance(self.device, Printer):  # it must answer a status query (paper out
+                await self.runner.call(self.device.status)  # is fine: the spool holds jobs)
         except DriverError as err:
             hint = err.hint if isinstance(err, DeviceInitError) else ""
             self.mark_down(str(err), hint)

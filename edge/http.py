@@ -80,7 +80,7 @@ class OrderItem(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     qty: Annotated[int, Field(ge=1, le=999)]
     price_cents: Annotated[int, Field(ge=0, le=10_000_000)] = 0
-    station: Name
+    station: Name | None = None  # none: on the receipt only (drinks from the counter fridge)
     note: Note = ""
 
 
@@ -235,7 +235,7 @@ def create_app(box: Box) -> FastAPI:
     @api.post("/print/orders")
     async def print_order(body: OrderIn) -> list[dict[str, Any]]:
         assert box.spool is not None
-        return await box.spool.submit_order(body.model_dump())
+        return await box.spool.submit_order(body.model_dump(exclude_none=True))
 
     @api.post("/print/jobs/{job_id}/reprint")
     async def reprint(job_id: str, body: ActorIn) -> dict[str, Any]:

@@ -8,6 +8,7 @@ The test body stays synchronous: `d.api(...)` calls the HTTP API like the kiosk 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import secrets
 import threading
@@ -19,7 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from drivers.gate.sim import SimGate
+from drivers.locker.sim import SimBoard, SimLocker
+from drivers.printer.sim import SimPrinter
+from drivers.printer.simstate import EscposMachine
+from drivers.scanner.sim import SimScanner
 from edge.box import Box
 from edge.codes import Ticket
 from edge.config import load
@@ -286,3 +293,140 @@ def running(
         assert not thread.is_alive(), "daemon did not stop within 30 s"
         if errors:
             raise errors[0]
+
+
+# -- the hands at the simulated hardware: helpers for the services tests -----------------------
+
+
+def board(d: Running, bank: str = "wall") -> SimBoard:
+    dev = d.box.slots[bank].device
+    assert isinstance(dev, SimLocker)
+    return dev.board
+
+
+def paper(d: Running, printer: str) -> EscposMachine:
+    """The simulated printer's mechanism: what it printed, its paper and cover."""
+    dev = d.box.slots[printer].device
+    assert isinstance(dev, SimPrinter) and dev.server is not None
+    return dev.server.machine
+
+
+def printed(d: Running, printer: str) -> str:
+    return "\n".join(paper(d, printer).text)
+
+
+def scanner(d: Running, name: str) -> SimScanner:
+    dev = d.box.slots[name].device
+    assert isinstance(dev, SimScanner)
+    return dev
+
+
+def turnstile_unlocks(d: Running, gate: str = "gate-in") -> int:
+    dev = d.box.slots[gate].device
+    assert isinstance(dev, SimGate)
+    return int(dev.turnstile.unlocks)
+
+
+def door_row(d: Running, door: int) -> dict[str, Any]:
+    status, grid = d.api("GET", "/api/v1/lockers/wall")
+    assert status == 200, grid
+    rows = {row["door"]: row for row in grid}
+    row: dict[str, Any] = rows[door]
+    return row
+
+
+class Hands:
+    """The person at the locker wall: closes every door that opens, after a moment, and
+    remembers which doors were open (in order)."""
+
+    def __init__(self, wall: SimBoard, doors: int = 8, delay: float = 0.15) -> None:
+        self.wall, self.doors, self.delay = wall, doors, delay
+        self.closed: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hands-at-the-wall")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for door in range(1, self.doors + 1):
+                if self.wall.is_open(door):
+                    self._stop.wait(self.delay)  # takes the parcel / puts it in
+                    self.wall.close_door(door)
+                    self.closed.append(door)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Hands:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def scan_at_locker(d: Running, code: str) -> dict[str, Any]:
+    """The customer presents `code` at the locker's reader; returns the lane's answer."""
+    lane = d.box.lanes["lockers"]
+    before = lane.state.last
+    scanner(d, "locker-scanner").present(code)
+    d.wait(lambda: lane.state.last is not before, what="the locker lane's answer")
+    last = lane.state.last
+    assert last is not None
+    return last
+
+
+def deposit(d: Running, order_no: str, size: str = "S") -> dict[str, Any]:
+    status, dep = d.api(
+        "POST",
+        "/api/v1/lockers/wall/deposit",
+        {"order_no": order_no, "size": size, "actor": "staff-li"},
+    )
+    assert status == 200, dep
+    out: dict[str, Any] = dep
+    return out
+
+
+def jobs(d: Running) -> dict[str, dict[str, Any]]:
+    status, rows = d.api("GET", "/api/v1/print/jobs")
+    assert status == 200, rows
+    return {j["id"]: j for j in rows}
+
+
+@contextmanager
+def event_stream(d: Running, topics: str) -> Iterator[http.client.HTTPResponse]:
+    url = urlsplit(d.daemon.url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    try:
+        conn.request(
+            "GET",
+            f"/api/v1/events?topics={topics}",
+            headers={"Authorization": f"Bearer {d.box.token}"},
+        )
+        resp = conn.getresponse()
+        try:
+            yield resp
+        finally:
+            resp.close()
+    finally:
+        conn.close()
+
+
+def read_event(
+    resp: http.client.HTTPResponse, topic: str, allowed: tuple[str, ...] = ("decision", "passage")
+) -> dict[str, Any]:
+    """The next server-sent event of `topic` (others skipped; all must be in `allowed`, the
+    topics the stream was asked for)."""
+    name, data = "", ""
+    while True:
+        line = resp.readline().decode()
+        assert line, "the event stream ended"
+        line = line.rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+        elif line == "" and name:
+            assert name in allowed, f"event {name!r} on a stream for {allowed}"
+            if name == topic:
+                doc: dict[str, Any] = json.loads(data)
+                return doc
+            name, data = "", ""
