@@ -291,14 +291,14 @@ def test_render_samples_shows_kiosk_codes_and_how_to_scan(tmp_path: Path) -> Non
     site = prepare_demo(tmp_path / "demo", time.time())
     text = render_samples(site, "http://127.0.0.1:8800/")
     assert "http://127.0.0.1:8800/" in text
-    assert "edge scan --lane entry" in text
+    assert "scan --home" in text
     lines = text.splitlines()
     for s in site.samples:
         at = lines.index(f"      {s.code}")  # whole, on a line of its own, for copying
         row = lines[at - 1]
         assert s.label_en in row and s.label_zh in row and s.lane in row and str(s.expect) in row
     holder = next(s for s in site.samples if s.hint)
-    assert 'scan --lane entry "$(edge hub display --holder-key' in text
+    assert '--lane entry "$(edge hub display --holder-key' in text
     assert holder.hint in text
 
 
