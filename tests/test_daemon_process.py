@@ -247,7 +247,9 @@ def test_demo_refused_where_a_real_anchor_is_installed(tmp_path: Path) -> None:
     assert r.returncode == 2 and "refusing --demo" in r.stderr
 
 
-def test_doctor_and_status_while_the_daemon_holds_the_devices(tmp_path: Path, procs: list[Proc]) -> None:
+def test_doctor_and_status_while_the_daemon_holds_the_devices(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
     site = make_site(tmp_path)
     p = Proc(site)
     procs.append(p)
