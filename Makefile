@@ -6,11 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig
+APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig mosquitto mosquitto-clients
 
 .PHONY: run test lint typecheck layers pytest bench clean system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(PY) tests/check_layers.py
 
-pytest: $(STAMP)
+pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck layers pytest

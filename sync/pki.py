@@ -1,0 +1,535 @@
+"""X.509 for the MQTT link: the device CA (hub side), box keys and CSRs, renewal timing, the CRL.
+
+Identity is the certificate's CN (`SITE.DEVICE` for a box, `hub` for the hub): mosquitto runs
+with `use_identity_as_username`, so the CN is what its ACL substitutes for `%u`. That is why the
+CA refuses CNs outside a small alphabet: an MQTT wildcard (`+`, `#`) or a `/` in a CN would widen
+the ACL pattern.
+
+Every key is EC P-256 (what the lab verified with mosquitto 2.0.11 and Python's ssl). The box
+makes its key and CSR itself (`make_key_and_csr`): the key never leaves it; the CA only ever sees
+the CSR (`Ca.sign_csr`). `issue_client`/`issue_server` make key and certificate together and are
+for tools and tests.
+
+CA directory layout (`Ca.create`):
+    ca.crt        the CA certificate (what brokers and boxes pin)
+    ca.key        its private key, mode 0600
+    crl.pem       the current CRL (mosquitto `crlfile`; send the broker SIGHUP after a change)
+    revoked.json  revoked serials and the CRL number
+    issued.jsonl  one line per certificate issued (serial, CN, validity), to revoke a box by name
+
+A CRL has a nextUpdate; OpenSSL refuses every client once it has passed, so whoever runs the CA
+must call `write_crl()` well before `CRL_VALID_S` runs out (and SIGHUP the broker).
+A CA object is not thread-safe: one owner (the hub) issues and revokes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+# Clocks on boxes without a battery drift: a certificate valid from "now" would be refused by a
+# peer a few seconds behind. One minute of backdating is what step-ca does.
+BACKDATE_S = 60
+CRL_VALID_S = 30 * DAY
+RENEW_AT = 2 / 3
+CN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CRL_FILE = "crl.pem"
+REVOKED_FILE = "revoked.json"
+ISSUED_FILE = "issued.jsonl"
+
+
+class PkiError(EdgeError):
+    """A CA directory, certificate or key is missing or unusable."""
+
+
+class CsrRefused(PkiError):
+    """The CA will not sign this request. `reason` is one of CSR_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+CSR_REASONS = ("malformed", "bad_signature", "bad_key", "cn_mismatch", "ca_requested")
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho 2.2 does not close its socket when the TLS handshake fails (connect() raises, the
+    socket is left to the garbage collector: a ResourceWarning, an fd held until then)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_client_context(
+    ca_file: Path, cert_file: Path | None, key_file: Path | None, *, tls12: bool = True
+) -> ssl.SSLContext:
+    """The client side of the link: the broker's CA pinned (and nothing else trusted), the
+    hostname checked, our certificate loaded (None: no client certificate, for tests).
+
+    `tls12` caps the version at TLS 1.2. Under TLS 1.3 the server checks the client certificate
+    after the handshake, so an expired, revoked or unknown certificate shows up as a silent
+    disconnect; under TLS 1.2 connect() raises an SSLError naming the cause. (mosquitto's
+    `tls_version tlsv1.2` is a minimum: it still accepts TLS 1.3.) To rotate, call
+    `ctx.load_cert_chain(new_cert, new_key)` on the live context and reconnect."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        ctx.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+    ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
+
+
+class CertInfo(NamedTuple):
+    cn: str
+    not_before: float  # epoch seconds
+    not_after: float
+    issuer: str  # the issuer's CN
+    serial: int
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` in one step: a temporary file created with `mode` (so a key is never
+    readable by others, not even for an instant), fsync, rename, fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it; a cert must stay readable
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.UTC)
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def check_cn(cn: str) -> str:
+    if not CN_RE.fullmatch(cn):
+        raise ValueError(
+            f"bad certificate CN {cn!r}: 1-64 of A-Z a-z 0-9 . _ - (letter or digit first)"
+        )
+    return cn
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as err:
+        raise PkiError(f"not a PEM certificate: {err}") from err
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as err:
+        raise PkiError(f"not an unencrypted PEM private key: {err}") from err
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise PkiError("private key is not EC P-256")
+    return key
+
+
+def _cn_of(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        return ""
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def cert_info(pem: bytes) -> CertInfo:
+    cert = load_cert(pem)
+    return CertInfo(
+        cn=_cn_of(cert.subject),
+        not_before=cert.not_valid_before_utc.timestamp(),
+        not_after=cert.not_valid_after_utc.timestamp(),
+        issuer=_cn_of(cert.issuer),
+        serial=cert.serial_number,
+    )
+
+
+def renew_due(pem: bytes, now: float) -> bool:
+    """True once two thirds of the certificate's life have passed (step-ca's rule)."""
+    info = cert_info(pem)
+    return now >= info.not_before + (info.not_after - info.not_before) * RENEW_AT
+
+
+def expires_within(pem: bytes, now: float, days: float) -> bool:
+    return cert_info(pem).not_after - now <= days * DAY
+
+
+def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
+    """Whether the key belongs to the certificate (to pair files during a renewal swap)."""
+    pub = (
+        load_key(key_pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return pub == load_cert(cert_pem).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def make_key_and_csr(cn: str) -> tuple[bytes, bytes]:
+    """The box's side of enrollment and renewal: a fresh key (store it 0600, never send it) and a
+    CSR carrying only the CN; the CA decides every extension."""
+    key = _new_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(check_cn(cn)))
+        .sign(key, hashes.SHA256())
+    )
+    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
+
+
+class Ca:
+    """The device CA: signs box and hub client certificates and the broker's server certificate."""
+
+    def __init__(
+        self, directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    ) -> None:
+        self.dir = directory
+        self.cert = cert
+        self.key = key
+
+    @property
+    def name(self) -> str:
+        return _cn_of(self.cert.subject)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / CA_CERT
+
+    @property
+    def crl_path(self) -> Path:
+        return self.dir / CRL_FILE
+
+    @property
+    def cert_pem(self) -> bytes:
+        return _cert_pem(self.cert)
+
+    @classmethod
+    def create(
+        cls, directory: Path, name: str, days: float = 3650, *, now: float | None = None
+    ) -> Ca:
+        if (directory / CA_KEY).exists():
+            raise PkiError(f"{directory}: a CA already exists here; refusing to replace it")
+        t = _now(now)
+        key = _new_key()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(check_cn(name)))
+            .issuer_name(_name(name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_utc(t - BACKDATE_S))
+            .not_valid_after(_utc(t + days * DAY))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / CA_KEY, _key_pem(key), 0o600)
+        write_atomic(directory / CA_CERT, _cert_pem(cert))
+        ca = cls(directory, cert, key)
+        ca.write_crl(now=t)
+        log.info("created CA %r in %s", name, directory)
+        return ca
+
+    @classmethod
+    def load(cls, directory: Path) -> Ca:
+        try:
+            cert = load_cert((directory / CA_CERT).read_bytes())
+            key = load_key((directory / CA_KEY).read_bytes())
+        except OSError as err:
+            raise PkiError(f"{directory}: no usable CA ({err})") from err
+        ca = cls(directory, cert, key)
+        if not key_matches_cert(_key_pem(key), _cert_pem(cert)):
+            raise PkiError(f"{directory}: {CA_KEY} does not belong to {CA_CERT}")
+        return ca
+
+    # -- issuing --------------------------------------------------------------------------------
+
+    def _sign(
+        self,
+        cn: str,
+        public_key: ec.EllipticCurvePublicKey,
+        not_before: float,
+        not_after: float,
+        eku: x509.ObjectIdentifier,
+        sans: Sequence[x509.GeneralName] = (),
+    ) -> bytes:
+        ca_end = self.cert.not_valid_after_utc.timestamp()
+        if not_after > ca_end:
+            # A leaf outliving its CA would be refused anyway: say so now, not at the broker.
+            log.warning("certificate for %s clipped to the CA's expiry", cn)
+            not_after = ca_end
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(check_cn(cn)))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_utc(not_before))
+            .not_valid_after(_utc(not_after))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        self._record_issued(cn, cert)
+        return _cert_pem(cert)
+
+    def _record_issued(self, cn: str, cert: x509.Certificate) -> None:
+        line = {
+            "serial": format(cert.serial_number, "x"),
+            "cn": cn,
+            "not_before": cert.not_valid_before_utc.timestamp(),
+            "not_after": cert.not_valid_after_utc.timestamp(),
+        }
+        with (self.dir / ISSUED_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def serials_for(self, cn: str) -> list[int]:
+        """Serials of every certificate this CA issued to `cn` (to revoke a box by name)."""
+        path = self.dir / ISSUED_FILE
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row["cn"] == cn:
+                    out.append(int(row["serial"], 16))
+        return out
+
+    def issue_server(
+        self, cn: str, hosts: Sequence[str], days: float = 825, *, now: float | None = None
+    ) -> tuple[bytes, bytes]:
+        """A broker certificate: (cert PEM, key PEM). `hosts` are DNS names or IP addresses."""
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        t = _now(now)
+        key = _new_key()
+        cert = self._sign(
+            cn,
+            key.public_key(),
+            t - BACKDATE_S,
+            t + days * DAY,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            sans,
+        )
+        return cert, _key_pem(key)
+
+    def issue_client(
+        self,
+        cn: str,
+        days: float | None = None,
+        seconds: float | None = None,
+        *,
+        not_before: float | None = None,
+        now: float | None = None,
+    ) -> tuple[bytes, bytes]:
+        """A client certificate with its key: (cert PEM, key PEM). Lifetime is `days` or
+        `seconds` (365 days when neither), counted from `not_before` when given (a test's
+        expired certificate), else from now."""
+        if days is not None and seconds is not None:
+            raise ValueError("give days or seconds, not both")
+        life = seconds if seconds is not None else (365 if days is None else days) * DAY
+        if life <= 0:
+            raise ValueError("certificate lifetime must be positive")
+        start = _now(now) if not_before is None else not_before
+        nb = start - BACKDATE_S if not_before is None else start
+        key = _new_key()
+        cert = self._sign(cn, key.public_key(), nb, start + life, ExtendedKeyUsageOID.CLIENT_AUTH)
+        return cert, _key_pem(key)
+
+    def sign_csr(
+        self, csr_pem: bytes, *, expected_cn: str, lifetime_s: float, now: float | None = None
+    ) -> bytes:
+        """Sign a box's CSR as a client certificate for `expected_cn` (the identity the caller has
+        already authenticated: a claim token, or the CN of the connection that sent the CSR).
+        Only the public key and CN come from the request; every extension is the CA's own."""
+        check_cn(expected_cn)
+        if lifetime_s <= 0:
+            raise ValueError("certificate lifetime must be positive")
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as err:
+            raise CsrRefused("malformed", f"not a PEM certificate request: {err}") from err
+        if not csr.is_signature_valid:
+            raise CsrRefused("bad_signature", "the request's signature does not verify")
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            raise CsrRefused(
+                "bad_key", f"only EC P-256 keys are accepted, got {type(public_key).__name__}"
+            )
+        cn = _cn_of(csr.subject)
+        if cn != expected_cn:
+            raise CsrRefused("cn_mismatch", f"request is for {cn!r}, expected {expected_cn!r}")
+        try:
+            requested = csr.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            requested = None
+        except ValueError as err:  # an extension cryptography cannot parse
+            raise CsrRefused("malformed", f"unreadable extensions: {err}") from err
+        if requested is not None and requested.ca:
+            raise CsrRefused("ca_requested", "a device may not request a CA certificate")
+        t = _now(now)
+        cert = self._sign(
+            cn, public_key, t - BACKDATE_S, t + lifetime_s, ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+        log.info("signed a certificate for %s (%.0f s)", cn, lifetime_s)
+        return cert
+
+    # -- revocation -----------------------------------------------------------------------------
+
+    def _state(self) -> tuple[int, dict[str, float]]:
+        """(CRL number, {serial hex: revocation time})."""
+        path = self.dir / REVOKED_FILE
+        if not path.exists():
+            return 0, {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return int(data["crl_number"]), {str(k): float(v) for k, v in data["revoked"].items()}
+
+    def _save_state(self, number: int, revoked: dict[str, float]) -> None:
+        doc = {"crl_number": number, "revoked": revoked}
+        write_atomic(self.dir / REVOKED_FILE, json.dumps(doc, indent=1).encode())
+
+    def revoked_serials(self) -> set[int]:
+        return {int(s, 16) for s in self._state()[1]}
+
+    def revoke(self, serial: int, *, now: float | None = None) -> None:
+        """Add `serial` to the CRL and rewrite crl.pem. The broker applies it after SIGHUP, and
+        only to new connections: a revoked box already connected stays until it reconnects."""
+        number, revoked = self._state()
+        key = format(serial, "x")
+        if key in revoked:
+            return
+        revoked[key] = _now(now)
+        self._save_state(number, revoked)
+        self.write_crl(now=now)
+        log.info("revoked serial %s", key)
+
+    def crl_pem(self, *, now: float | None = None) -> bytes:
+        """The CRL as it stands (current CRL number), signed now and valid for CRL_VALID_S."""
+        number, revoked = self._state()
+        t = _now(now)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(_utc(t - BACKDATE_S))
+            .next_update(_utc(t + CRL_VALID_S))
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+        )
+        for serial_hex, at in sorted(revoked.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial_hex, 16))
+                .revocation_date(_utc(at))
+                .build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    def write_crl(self, *, now: float | None = None) -> Path:
+        """Sign a fresh CRL (next CRL number) into crl.pem. Call again before it expires."""
+        number, revoked = self._state()
+        self._save_state(number + 1, revoked)
+        write_atomic(self.crl_path, self.crl_pem(now=now))
+        return self.crl_path
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
