@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
 from edge.occupancy import CrowdWatch, ZoneLevel
 from edge.pickups import PickupStore
-from edge.rules import Reason
+from edge.rules import Reason, zone_info
 from edge.runner import Runner
 from edge.service import RedemptionService
 from edge.spool import PrintSpool
@@ -133,12 +134,19 @@ class Box:
                 self.slots[name] = slot
         await asyncio.gather(*(s.open() for s in self.slots.values()))
         printers = {n: s for n, s in self.slots.items() if s.device_class == "printer"}
+
+        def site_tz() -> tzinfo:
+            # Asked per job: a bundle can change the site's timezone. Reading the view's
+            # (frozen) SiteClock from the loop is one attribute load; bundles validate the name.
+            return zone_info(svc.view.site_clock.timezone)
+
         self.spool = PrintSpool(
             self.config.state_dir / "spool.db",
             self.config.printing,
             printers,
             self.bus,
             record=self.record,
+            site_tz=site_tz,
         )
         await self.spool.open()
         store = await self.db.call(PickupStore, svc.ledger)
@@ -223,6 +231,8 @@ class Box:
         actuations = [t for lane in self.lanes.values() for t in lane.actuations]
         if actuations:
             await asyncio.wait(actuations, timeout=3.0)
+        for bank in self.lockers.values():  # pickups in flight: recorded before the ledger closes
+            await bank.close()
         if self.spool is not None:
             with contextlib.suppress(Exception):
                 await self.spool.close()
@@ -317,14 +327,13 @@ class Box:
             self.bus.publish("occupancy", alert=False, zones=[z.to_json() for z in zones])
 
     async def _print_slip(self, data: dict[str, Any]) -> None:
-        assert self.spool is not None
+        """Raises when the slip cannot be queued, so the deposit answers `printed: false`."""
+        from edge.errors import ConfigError
+
         target = self.config.printing.receipt
         if target is None:
-            log.warning(
-                "no receipt printer configured: pickup slip for door %s not printed",
-                data.get("door"),
-            )
-            return
+            raise ConfigError(self.config.path, "[printing] receipt", "not set: no slip printer")
+        assert self.spool is not None
         await self.spool.submit("pickup_slip", data, target=target, source="locker")
 
     # -- supervisor actions (audited) ------------------------------------------------------------
@@ -425,10 +434,13 @@ class Box:
         return self.metrics.render(), CONTENT_TYPE
 
     async def maintenance(self) -> None:
-        """Periodic: checkpoint the WAL off the redemption path, expire pickups, refresh stats."""
+        """Periodic: checkpoint the WAL off the redemption path, expire pickups, prune the print
+        spool, refresh stats."""
         assert self.svc is not None
         ledger = self.svc.ledger
         await asyncio.to_thread(ledger.checkpoint, "PASSIVE")
+        if self.spool is not None:
+            await self.spool.prune(time.time())
         for bank in self.lockers.values():
             await bank.expire()
         await self.occupancy_changed()  # the business day rolls over; voids from the kiosk

@@ -23,7 +23,7 @@ from drivers.errors import (
     DriverError,
     StaleCommand,
 )
-from drivers.printer import Printer
+from drivers.printer import Printer, PrinterNotReady
 from drivers.registry import load as load_driver
 from edge.bus import EventBus
 from edge.config import DeviceConfig
@@ -72,10 +72,13 @@ class DeviceSlot:
         try:
             result = await self.runner.call(fn, self.device, *args, **kwargs)
         except (DeviceTimeout, DeviceOperationError) as err:
+            if isinstance(err, PrinterNotReady):
+                # Paper out, cover open: the printer answered (the link works; the spool holds
+                # its jobs). Any other failure (silence, "serial port gone") is the link.
+                self.failures = 0
+                raise
             self.failures += 1
-            # A printer out of paper answers (the spool holds its jobs): only silence is "down".
-            silent = isinstance(err, DeviceTimeout) or self.device_class != "printer"
-            gone = self.failures >= DOWN_AFTER and silent
+            gone = self.failures >= DOWN_AFTER
             if gone and not isinstance(err, StaleCommand):
                 # Gone (unplugged, powered off): down until the supervisor reopens it.
                 self.mark_down(str(err), getattr(err, "hint", "") or "check power and cable")

@@ -118,6 +118,57 @@ LEDGER_SCHEMA = Schema(
             detail TEXT NOT NULL DEFAULT ''
         );
         """,
+        # 4: durable intents before a locker door is unlocked, so a crash between the unlock
+        # and its record loses nothing: a pickup is 'opening' (its redemption id and outbox
+        # event committed) until the door is seen closed; a deposit holds its door as
+        # 'deposit' until the code is minted. SQLite cannot alter a CHECK, so both tables are
+        # rebuilt (rows kept); an 'opening' pickup still owns its code and its door.
+        """
+        CREATE TABLE pickups_v4 (
+            id BLOB PRIMARY KEY,
+            code_hash BLOB NOT NULL,
+            code_fp TEXT NOT NULL,
+            device TEXT NOT NULL,
+            door INTEGER NOT NULL,
+            order_no TEXT NOT NULL,
+            size TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('active', 'opening', 'picked', 'expired', 'cancelled')),
+            actor TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            redemption_id BLOB UNIQUE,
+            lane TEXT NOT NULL DEFAULT '',
+            replaces BLOB,
+            note TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        INSERT INTO pickups_v4 (id, code_hash, code_fp, device, door, order_no, size, state,
+            actor, created_at, expires_at, updated_at, redemption_id, lane, replaces, note)
+            SELECT id, code_hash, code_fp, device, door, order_no, size, state, actor,
+            created_at, expires_at, updated_at, redemption_id, lane, replaces, note FROM pickups;
+        DROP TABLE pickups;
+        ALTER TABLE pickups_v4 RENAME TO pickups;
+        CREATE INDEX pickups_by_code ON pickups (code_hash);
+        CREATE UNIQUE INDEX pickups_active_code ON pickups (code_hash)
+            WHERE state IN ('active', 'opening');
+        CREATE UNIQUE INDEX pickups_active_door ON pickups (device, door)
+            WHERE state IN ('active', 'opening');
+        CREATE INDEX pickups_by_state ON pickups (state, expires_at);
+        CREATE TABLE locker_doors_v4 (
+            device TEXT NOT NULL,
+            door INTEGER NOT NULL,
+            fault TEXT NOT NULL DEFAULT '',
+            held TEXT NOT NULL DEFAULT '' CHECK (held IN ('', 'open', 'expired', 'deposit')),
+            order_no TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (device, door)
+        ) WITHOUT ROWID;
+        INSERT INTO locker_doors_v4 (device, door, fault, held, order_no, updated_at)
+            SELECT device, door, fault, held, order_no, updated_at FROM locker_doors;
+        DROP TABLE locker_doors;
+        ALTER TABLE locker_doors_v4 RENAME TO locker_doors;
+        """,
     ],
 )
 

@@ -10,15 +10,23 @@ Codes are stored only as a keyed hash (HMAC-SHA256 under a per-box secret kept i
 created on first use); outbox bodies and logs carry a short fingerprint of that hash at most.
 Every business write and its outbox event commit in one transaction. All methods run on the
 thread that owns the ledger connection (the daemon's db Runner).
+
+Before a door is unlocked its intent is durable: a pickup is `opening` (its redemption id and a
+`locker_pickup_opening` event committed) until `mark_picked` or `abort_pickup`; a deposit holds
+its door as `deposit` until `mint`. A crash in between is resolved at the next start (`recover`):
+the pickup is recorded picked with the door's state unknown, the deposit's door is held for staff.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import sqlite3
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +44,9 @@ KEY_META = "pickup_key"
 # old slip cannot open a later customer's compartment.
 REUSE_AFTER_S = 90 * 86400
 MINT_ATTEMPTS = 64
-STATES = ("active", "picked", "expired", "cancelled")
+STATES = ("active", "opening", "picked", "expired", "cancelled")
+LIVE = "state IN ('active', 'opening')"  # states that own their code and their door
+LOCKOUT_META = "locker_lockout:"  # + bank name: {"until", "streak"} of the wrong-code lockout
 
 
 # What a customer sees at the locker for each pickup result (zh-CN, en). The reasons: those a
@@ -159,7 +169,8 @@ class Lookup:
 @dataclass(frozen=True)
 class DoorFlags:
     fault: str  # why the door is out of service; '' when it is fine
-    held: str  # 'open': left open with a parcel in; 'expired': parcel past its time; or ''
+    held: str  # 'open': left open with a parcel in; 'expired': parcel past its time;
+    # 'deposit': a deposit's door is unlocked, no code yet; or ''
     order_no: str
 
 
@@ -171,32 +182,22 @@ _COLUMNS = (
 
 def _pickup(row: sqlite3.Row | tuple[Any, ...]) -> Pickup:
     v = list(row)
+    rid, replaces = (None if x is None else bytes(x) for x in (v[11], v[13]))
     return Pickup(
-        id=bytes(v[0]),
-        code_fp=str(v[1]),
-        device=str(v[2]),
-        door=int(v[3]),
-        order_no=str(v[4]),
-        size=str(v[5]),
-        state=str(v[6]),
-        actor=str(v[7]),
-        created_at=float(v[8]),
-        expires_at=float(v[9]),
-        updated_at=float(v[10]),
-        redemption_id=None if v[11] is None else bytes(v[11]),
-        lane=str(v[12]),
-        replaces=None if v[13] is None else bytes(v[13]),
-        note=str(v[14]),
-    )
+        bytes(v[0]), str(v[1]), str(v[2]), int(v[3]), str(v[4]), str(v[5]), str(v[6]),
+        str(v[7]), float(v[8]), float(v[9]), float(v[10]), rid, str(v[12]), replaces, str(v[14]),
+    )  # fmt: skip
 
 
 class PickupStore:
-    """Pickups and door states in the ledger file. Call only on the ledger's thread."""
+    """Pickups and door states in the ledger file. Call only on the ledger's thread. Opening it
+    resolves the intents a crash left behind (`recovered` lists them for the staff's alerts)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, now: float | None = None) -> None:
         self.ledger = ledger
         self.conn = ledger.conn
         self._key: bytes | None = None
+        self.recovered = self.recover(time.time() if now is None else now)
 
     # -- codes ----------------------------------------------------------------------------------
 
@@ -221,8 +222,7 @@ class PickupStore:
             code = new_code()
             h = self.code_hash(code)
             clash = self.conn.execute(
-                "SELECT 1 FROM pickups WHERE code_hash = ? "
-                "AND (state = 'active' OR updated_at > ?)",
+                f"SELECT 1 FROM pickups WHERE code_hash = ? AND ({LIVE} OR updated_at > ?)",
                 (h, now - REUSE_AFTER_S),
             ).fetchone()
             if clash is None:
@@ -242,9 +242,11 @@ class PickupStore:
         *,
         actor: str = "",
     ) -> str:
-        """Record a deposit in `door` and return its new pickup code (the only clear copy)."""
+        """Record a deposit in `door` and return its new pickup code (the only clear copy); the
+        door's `deposit` intent ends in the same transaction."""
         with transaction(self.conn):
             code, pickup = self._insert(device, door, order_no, size, expires_at, now, actor, None)
+            self._set_held(device, door, now, "deposit", "")
         log.info("pickup minted locker=%s door=%d code=%s", device, door, pickup.code_fp)
         return code
 
@@ -261,24 +263,12 @@ class PickupStore:
     ) -> tuple[str, Pickup]:
         code, h = self._fresh_code(now)
         pid = secrets.token_bytes(16)
+        row = (pid, h, h[:3].hex(), device, door, order_no, size, actor, now, expires_at, now)
         self.conn.execute(
             "INSERT INTO pickups (id, code_hash, code_fp, device, door, order_no, size, state, "
             "actor, created_at, expires_at, updated_at, replaces) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)",
-            (
-                pid,
-                h,
-                h[:3].hex(),
-                device,
-                door,
-                order_no,
-                size,
-                actor,
-                now,
-                expires_at,
-                now,
-                replaces,
-            ),
+            (*row, replaces),
         )
         pickup = self.get(pid)
         self.ledger.append_event("locker_deposit", pickup.to_json(), now)
@@ -293,61 +283,99 @@ class PickupStore:
         return _pickup(row)
 
     def lookup(self, code: str, now: float) -> Lookup:
-        """The active pickup a code names, or why not. Malformed text is never looked up."""
+        """The live pickup a code names, or why not. Malformed text is never looked up. An
+        `opening` pickup is `ok` here: the bank knows whether its door is still being opened."""
         try:
             digits = parse_pickup_code(code)
         except PickupCodeError as err:
             return Lookup("malformed", err.detail)
         row = self.conn.execute(
             f"SELECT {_COLUMNS} FROM pickups WHERE code_hash = ? "
-            "ORDER BY state = 'active' DESC, updated_at DESC LIMIT 1",
+            f"ORDER BY {LIVE} DESC, updated_at DESC LIMIT 1",
             (self.code_hash(digits),),
         ).fetchone()
         if row is None:
             return Lookup("unknown_code", "no pickup with this code")
-        p = _pickup(row)
-        if p.state == "active" and p.expires_at <= now:
-            return Lookup("expired", "pickup time is over", p)
-        reason = {
-            "active": ("ok", ""),
-            "picked": ("already_used", "already picked up"),
-            "expired": ("expired", "pickup time is over"),
-            "cancelled": ("revoked", "this code was replaced or cancelled"),
-        }[p.state]
-        return Lookup(reason[0], reason[1], p)
+        return _judge(_pickup(row), now)
 
     def active(self, device: str) -> dict[int, Pickup]:
+        """The pickups that own a door of `device` (active, or being picked up)."""
         rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM pickups WHERE device = ? AND state = 'active'", (device,)
+            f"SELECT {_COLUMNS} FROM pickups WHERE device = ? AND {LIVE}", (device,)
         )
         return {p.door: p for p in map(_pickup, rows)}
 
-    def mark_picked(
-        self, pickup_id: bytes, now: float, lane: str, *, door_closed: bool = True
-    ) -> Pickup:
-        """The customer took the parcel: a confirmed redemption (its own 128-bit id) and its
-        `locker_pickup` event. Idempotent: a picked pickup is returned unchanged."""
+    def begin_pickup(self, pickup_id: bytes, lane: str, now: float) -> Lookup:
+        """Before the door is unlocked: the pickup becomes `opening` with its redemption id, and
+        a `locker_pickup_opening` event, in one transaction. Not `ok` when the pickup stopped
+        being active since its lookup (expired, cancelled, ...)."""
         with transaction(self.conn):
-            p = self.get(pickup_id)
-            if p.state == "picked":
-                return p
-            if p.state != "active":
-                raise InvalidTransition(f"pickup {pickup_id.hex()} is {p.state}")
+            found = _judge(self.get(pickup_id), now)
+            if not found.ok or found.pickup is None or found.pickup.state != "active":
+                return found if not found.ok else Lookup("already_used", "door already opening")
             rid = secrets.token_bytes(16)
-            note = "" if door_closed else "door left open after pickup"
             self.conn.execute(
-                "UPDATE pickups SET state = 'picked', redemption_id = ?, lane = ?, "
-                "updated_at = ?, note = ? WHERE id = ?",
-                (rid, lane, now, note, pickup_id),
+                "UPDATE pickups SET state = 'opening', redemption_id = ?, lane = ?, "
+                "updated_at = ? WHERE id = ?",
+                (rid, lane, now, pickup_id),
             )
             p = self.get(pickup_id)
-            body = p.to_json() | {"state": "confirmed", "door_closed": door_closed}
-            self.ledger.append_event("locker_pickup", body, now, rid)
+            self.ledger.append_event("locker_pickup_opening", p.to_json(), now, rid)
+        return Lookup("ok", "", p)
+
+    def abort_pickup(self, pickup_id: bytes, now: float, why: str) -> Pickup:
+        """The door did not open: the pickup is active again (the code stays valid) and the
+        redemption announced by `begin_pickup` is voided."""
+        with transaction(self.conn):
+            p = self.get(pickup_id)
+            if p.state != "opening":
+                return p
+            self.conn.execute(
+                "UPDATE pickups SET state = 'active', redemption_id = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (now, pickup_id),
+            )
+            body = self.get(pickup_id).to_json() | {"state": "voided", "why": why}
+            body["redemption_id"] = p.redemption_id.hex() if p.redemption_id else None
+            self.ledger.append_event("locker_pickup_voided", body, now, p.redemption_id)
+            return self.get(pickup_id)
+
+    def mark_picked(
+        self, pickup_id: bytes, now: float, lane: str, *, door_closed: bool | None = True
+    ) -> Pickup:
+        """The customer took the parcel: a confirmed redemption (its own 128-bit id, the one
+        `begin_pickup` announced) and its `locker_pickup` event. Idempotent: a picked pickup is
+        returned unchanged. `door_closed` None: nobody saw the door after it opened."""
+        with transaction(self.conn):
+            return self._mark_picked(self.get(pickup_id), now, lane, door_closed)
+
+    def _mark_picked(self, p: Pickup, now: float, lane: str, door_closed: bool | None) -> Pickup:
+        if p.state == "picked":
+            return p
+        if p.state == "cancelled":
+            raise InvalidTransition(f"pickup {p.id.hex()} is {p.state}")
+        if p.state == "expired":  # expired while its door was open: the parcel is gone
+            self._set_held(p.device, p.door, now, "expired", "")
+        rid = p.redemption_id or secrets.token_bytes(16)
+        note = "" if door_closed else "door left open after pickup"
+        if door_closed is None:
+            note = "the box stopped while the door was open: door not seen closed"
+        self.conn.execute(
+            "UPDATE pickups SET state = 'picked', redemption_id = ?, lane = ?, "
+            "updated_at = ?, note = ? WHERE id = ?",
+            (rid, lane or p.lane, now, note, p.id),
+        )
+        p = self.get(p.id)
+        body = p.to_json() | {"state": "confirmed", "door_closed": door_closed}
+        self.ledger.append_event("locker_pickup", body, now, rid)
         return p
 
-    def expire(self, now: float, device: str | None = None) -> list[Pickup]:
+    def expire(
+        self, now: float, device: str | None = None, *, skip: Collection[int] = ()
+    ) -> list[Pickup]:
         """Active pickups past their time become expired; their doors are held (the parcel is
-        still inside) until a technician opens them."""
+        still inside) until a technician opens them. Doors in `skip` (of `device`, in use right
+        now) wait for the next round."""
         out: list[Pickup] = []
         with transaction(self.conn):
             rows = self.conn.execute(
@@ -356,6 +384,8 @@ class PickupStore:
                 (now, device, device),
             ).fetchall()
             for p in map(_pickup, rows):
+                if device is not None and p.door in skip:
+                    continue
                 self.conn.execute(
                     "UPDATE pickups SET state = 'expired', updated_at = ? WHERE id = ?", (now, p.id)
                 )
@@ -391,6 +421,50 @@ class PickupStore:
                 old.device, old.door, old.order_no, old.size, old.expires_at, now, actor, old.id
             )
 
+    # -- start-up -------------------------------------------------------------------------------
+
+    def recover(self, now: float) -> list[dict[str, Any]]:
+        """Intents left by a crash, resolved on the safe side in one transaction: a pickup whose
+        door was unlocked is recorded picked (door state unknown: staff to check); a deposit's
+        door is held for staff (the parcel may be inside, no code exists)."""
+        out: list[dict[str, Any]] = []
+        with transaction(self.conn):
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM pickups WHERE state = 'opening'"
+            ).fetchall()
+            for p in map(_pickup, rows):
+                self._mark_picked(p, now, p.lane, None)
+                what = "the box stopped during a pickup: recorded picked, check the door"
+                out.append(
+                    {"locker": p.device, "door": p.door, "order_no": p.order_no, "what": what}
+                )
+            rows = self.conn.execute(
+                "SELECT device, door, order_no FROM locker_doors WHERE held = 'deposit'"
+            ).fetchall()
+            for device, door, order_no in rows:
+                what = "the box stopped during a deposit: parcel may be inside, no code"
+                self._set_door(device, door, now, held="open")
+                body = {"locker": device, "door": door, "why": what, "order_no": order_no}
+                self.ledger.append_event("locker_door_fault", body, now)
+                out.append(
+                    {"locker": device, "door": int(door), "order_no": order_no, "what": what}
+                )
+        for item in out:
+            log.warning("locker %s door %d: %s", item["locker"], item["door"], item["what"])
+        return out
+
+    def lockout(self, device: str) -> tuple[float, int]:
+        """(until, streak) of the wrong-code lockout of `device`, kept across restarts."""
+        doc = json.loads(self.ledger.meta(LOCKOUT_META + device) or "{}")
+        return float(doc.get("until", 0.0)), int(doc.get("streak", 0))
+
+    def set_lockout(self, device: str, until: float, streak: int, lane: str, now: float) -> None:
+        with transaction(self.conn):
+            doc = {"until": until, "streak": streak}
+            self.ledger.set_meta(LOCKOUT_META + device, json.dumps(doc))
+            body = {"locker": device, "lane": lane, "until": until, "lockout_s": until - now}
+            self.ledger.append_event("locker_rate_limited", body, now)
+
     # -- doors ----------------------------------------------------------------------------------
 
     def door_flags(self, device: str) -> dict[int, DoorFlags]:
@@ -410,6 +484,28 @@ class PickupStore:
                 (value, now, device, door),
             )
 
+    def _set_held(self, device: str, door: int, now: float, was: str, held: str) -> None:
+        """Replace the hold `was` (only that one) by `held`; a row left empty goes."""
+        self.conn.execute(
+            "UPDATE locker_doors SET held = ?, updated_at = ? "
+            "WHERE device = ? AND door = ? AND held = ?",
+            (held, now, device, door, was),
+        )
+        self.conn.execute(
+            "DELETE FROM locker_doors WHERE device = ? AND door = ? AND fault = '' AND held = ''",
+            (device, door),
+        )
+
+    def begin_deposit(self, device: str, door: int, order_no: str, now: float) -> None:
+        """Before a deposit's door is unlocked: the door is held as `deposit` for `order_no`."""
+        with transaction(self.conn):
+            self._set_door(device, door, now, held="deposit", order_no=order_no)
+
+    def end_deposit(self, device: str, door: int, now: float) -> None:
+        """The deposit's door did not open: nothing went in, the intent goes."""
+        with transaction(self.conn):
+            self._set_held(device, door, now, "deposit", "")
+
     def door_fault(
         self, device: str, door: int, why: str, now: float, *, pickup: Pickup | None = None
     ) -> None:
@@ -419,11 +515,11 @@ class PickupStore:
             body: dict[str, Any] = {"locker": device, "door": door, "why": why}
             if pickup is not None:
                 body |= {"pickup_id": pickup.id.hex(), "order_no": pickup.order_no}
-                body["code_still_valid"] = pickup.state == "active"
+                body["code_still_valid"] = pickup.state in ("active", "opening")
             self.ledger.append_event("locker_door_fault", body, now)
 
     def hold_open(self, device: str, door: int, order_no: str, why: str, now: float) -> None:
-        """A door left open during a deposit: the parcel may be inside, so nobody else gets it."""
+        """A deposit's door left open, or a parcel in with no code: nobody else gets the door."""
         with transaction(self.conn):
             self._set_door(device, door, now, held="open", order_no=order_no)
             body = {"locker": device, "door": door, "why": why, "order_no": order_no}
@@ -439,3 +535,17 @@ class PickupStore:
                 body = {"locker": device, "door": door, "by": actor}
                 self.ledger.append_event("locker_door_ok", body, now)
         return cur.rowcount > 0
+
+
+def _judge(p: Pickup, now: float) -> Lookup:
+    """What a pickup's code gets right now."""
+    if p.state == "active" and p.expires_at <= now:
+        return Lookup("expired", "pickup time is over", p)
+    reason, detail = {
+        "active": ("ok", ""),
+        "opening": ("ok", "door opening"),
+        "picked": ("already_used", "already picked up"),
+        "expired": ("expired", "pickup time is over"),
+        "cancelled": ("revoked", "this code was replaced or cancelled"),
+    }[p.state]
+    return Lookup(reason, detail, p)

@@ -4,15 +4,16 @@ English; plus the Job <-> JSON form the print spool stores (a job is rendered on
 Data comes from outside (the cloud, the kiosk), so it is checked field by field: a missing or
 wrong field, an unknown field (a typo would otherwise print a ticket without the table number) or a
 control character (ESC/POS commands hidden in a dish name) raises TemplateError naming the
-template and the field, before anything is stored or printed.
+template and the field, before anything is stored or printed. Times given as Unix seconds print in
+the site's timezone (the caller passes it: the box may run on UTC at a site in Asia/Shanghai).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple, NoReturn
 
 from drivers.printer.job import (
@@ -33,6 +34,9 @@ from drivers.printer.job import (
 
 MAX_TEXT = 200  # characters in one field: a ticket, not a novel
 MAX_ITEMS = 200  # lines on one ticket
+MASK = "****"  # what a secret (a pickup code) becomes once its job is final
+# Fields that hold a secret the spool must not keep after printing, per template.
+SECRETS: dict[str, tuple[str, ...]] = {"pickup_slip": ("code",)}
 
 
 class TemplateError(ValueError):
@@ -47,8 +51,8 @@ class TemplateError(ValueError):
 class _Check:
     """Field access for one template's data, raising TemplateError with the field's path."""
 
-    def __init__(self, template: str, data: Any, prefix: str = "") -> None:
-        self.template, self.prefix = template, prefix
+    def __init__(self, template: str, data: Any, prefix: str = "", tz: tzinfo = UTC) -> None:
+        self.template, self.prefix, self.tz = template, prefix, tz
         if not isinstance(data, Mapping):
             self.fail("", "must be an object (a JSON dict)")
         self.data: Mapping[str, Any] = data
@@ -81,12 +85,12 @@ class _Check:
             self.fail(field, "must be one line of text without control characters")
 
     def when(self, field: str) -> str:
-        """A time as text, or as Unix seconds (shown in the box's local time)."""
+        """A time as text, or as Unix seconds (shown in the site's timezone)."""
         value = self.data.get(field)
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not 0 < value < 1e11:
                 self.fail(field, "not a plausible time (Unix seconds)")
-            return time.strftime("%Y-%m-%d %H:%M", time.localtime(value))
+            return datetime.fromtimestamp(value, self.tz).strftime("%Y-%m-%d %H:%M")
         return self.text(field)
 
     def integer(self, field: str, *, minimum: int = 0, required: bool = True) -> int:
@@ -108,7 +112,8 @@ class _Check:
         if len(value) > MAX_ITEMS:
             self.fail(field, f"more than {MAX_ITEMS} entries")
         return [
-            _Check(self.template, v, f"{self.prefix}{field}[{i}].") for i, v in enumerate(value)
+            _Check(self.template, v, f"{self.prefix}{field}[{i}].", self.tz)
+            for i, v in enumerate(value)
         ]
 
     def counts(self, field: str) -> list[tuple[str, int]]:
@@ -116,7 +121,7 @@ class _Check:
         value = self.data.get(field, {})
         if not isinstance(value, Mapping):
             self.fail(field, "must be an object of name -> count")
-        sub = _Check(self.template, value, f"{self.prefix}{field}.")
+        sub = _Check(self.template, value, f"{self.prefix}{field}.", self.tz)
         out = []
         for key in value:
             if not isinstance(key, str) or not key:
@@ -284,14 +289,49 @@ def without_banner(job: Job, original: str) -> Job:
 
 
 def render(
-    template: str, data: dict[str, Any], *, reprint_of: str | None = None, shop: str = ""
+    template: str,
+    data: dict[str, Any],
+    *,
+    reprint_of: str | None = None,
+    shop: str = "",
+    tz: tzinfo = UTC,
 ) -> Job:
-    """Validate `data` for `template` and build the Job. Raises TemplateError."""
+    """Validate `data` for `template` and build the Job (times in `tz`, the site's timezone).
+    Raises TemplateError."""
     build = TEMPLATES.get(template) if isinstance(template, str) else None
     if build is None:
         raise TemplateError(template, "", f"unknown template (one of: {', '.join(TEMPLATES)})")
-    job = build(_Check(template, data), shop)
+    job = build(_Check(template, data, tz=tz), shop)
     return with_banner(job, reprint_of) if reprint_of else job
+
+
+def masked_data(template: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the template's secrets (a pickup slip's code) replaced by MASK."""
+    return data | {k: MASK for k in SECRETS.get(template, ()) if data.get(k)}
+
+
+def scrub(
+    template: str, data: dict[str, Any], document: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A final job's stored data and document (job_to_json form) with its secrets masked
+    wherever they appear (the code line, the QR); None when the template keeps none. The title
+    and everything else a job listing shows stay as they were."""
+    secrets = [
+        str(data[k]) for k in SECRETS.get(template, ()) if isinstance(data.get(k), str | int)
+    ]
+    secrets = sorted((s for s in secrets if s and s != MASK), key=len, reverse=True)
+    if not secrets:
+        return None
+
+    def mask(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+
+    items = [{k: mask(v) for k, v in item.items()} for item in document.get("items", [])]
+    return masked_data(template, data), document | {"items": items}
 
 
 # -- an order, split into its tickets --
@@ -304,15 +344,16 @@ class OrderTicket(NamedTuple):
     template: str
     target: str
     data: dict[str, Any]
+    stamped: tuple[str, ...] = ()  # fields the box filled in (the time): not the order's content
 
 
 def order_tickets(
-    order: Any, stations: Collection[str], *, receipt: bool, now: float
+    order: Any, stations: Collection[str], *, receipt: bool, now: float, tz: tzinfo = UTC
 ) -> list[OrderTicket]:
     """An order {id, table, items [{name, qty, price_cents, station, note}], paid_at, qr} as one
-    kitchen ticket per station (items in order) and, with `receipt`, the full receipt. Items
-    without a station go on the receipt only. Raises TemplateError ("order") for a bad order or
-    an item for a station that is not configured."""
+    kitchen ticket per station (items in order) and, with `receipt`, the full receipt (times in
+    `tz`). Items without a station go on the receipt only. Raises TemplateError ("order") for a
+    bad order or an item for a station that is not configured."""
     c = _Check("order", order)
     order_id = c.text("id")
     if not ORDER_ID.fullmatch(order_id):
@@ -330,7 +371,7 @@ def order_tickets(
             kitchen = {k: item[k] for k in ("name", "qty", "note") if k in item}
             by_station.setdefault(station, []).append(kitchen)
         counter.append({k: item[k] for k in ("name", "qty", "price_cents") if k in item})
-    local = time.localtime(now)
+    local = datetime.fromtimestamp(now, tz)
     out = [
         OrderTicket(
             f"order-{order_id}-{station}",
@@ -341,17 +382,20 @@ def order_tickets(
                 "table": table,
                 "order_no": order_id,
                 "items": rows,
-                "time": time.strftime("%H:%M", local),
+                "time": local.strftime("%H:%M"),
             },
+            ("time",),
         )
         for station, rows in by_station.items()
     ]
     if receipt:
-        paid = c.text("paid_at", required=False) or time.strftime("%Y-%m-%d %H:%M", local)
+        paid = c.text("paid_at", required=False)
+        stamped = () if paid else ("paid_at",)
+        paid = paid or local.strftime("%Y-%m-%d %H:%M")
         data = {"order_no": order_id, "items": counter, "paid_at": paid, "table": table}
         if qr := c.text("qr", required=False):
             data["qr"] = qr
-        out.append(OrderTicket(f"order-{order_id}-receipt", "receipt", "receipt", data))
+        out.append(OrderTicket(f"order-{order_id}-receipt", "receipt", "receipt", data, stamped))
     return out
 
 

@@ -272,6 +272,7 @@ def running(
         except BaseException as err:  # reported to the test
             errors.append(err)
         finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     thread = threading.Thread(target=main, name="daemon-under-test")

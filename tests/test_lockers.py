@@ -20,11 +20,20 @@ from edge.bus import EventBus
 from edge.codes import CodeError, parse_code
 from edge.config import DeviceConfig, LockerBankConfig
 from edge.devices import DeviceSlot, make_slot
+from edge.errors import Stopping
 from edge.ledger import LEDGER_SCHEMA, Ledger
-from edge.lockers import DoorNotClosed, LockerBank, LockerError, LockerFull, LockerUnavailable
+from edge.lockers import (
+    DoorNotClosed,
+    LockerBank,
+    LockerError,
+    LockerFull,
+    LockerUnavailable,
+    PrintSlip,
+)
 from edge.pickups import PickupStore, is_pickup_code, new_code
 from edge.runner import Runner
-from edge.store import transaction
+from edge.store import Schema, open_db, transaction
+from edge.templates import render
 from edge.textcodec import damm_check_digit, damm_valid
 
 URL = "sim://?dialect=8a&doors=8&confirm_timeout=0.3"
@@ -89,7 +98,12 @@ async def shut_doors(
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, *, close_timeout: float = 3.0, person: bool = True, **kw: Any
+    tmp_path: Path,
+    *,
+    close_timeout: float = 3.0,
+    person: bool = True,
+    print_slip: PrintSlip | None = None,
+    **kw: Any,
 ) -> AsyncIterator[Rig]:
     bus = EventBus()
     bus.bind(asyncio.get_running_loop())
@@ -98,15 +112,16 @@ async def rig(
     path = tmp_path / "ledger.db"
     ledger: Ledger | None = None
     task: asyncio.Task[None] | None = None
+    r: Rig | None = None
     try:
         assert await slot.open(), slot.error
         ledger = await db.call(Ledger, path)
-        store = PickupStore(ledger)
+        store = await db.call(PickupStore, ledger)  # resolves a crash's intents, on its thread
         clock = Clock()
         cfg = LockerBankConfig("wall", SIZES, 48.0, close_timeout)
         r = Rig(None, slot, db, store, bus, path, clock)  # type: ignore[arg-type]
 
-        async def print_slip(slip: dict[str, Any]) -> None:
+        async def keep_slip(slip: dict[str, Any]) -> None:
             r.slips.append(slip)
 
         async def audit(actor: str, action: str, target: str, detail: str) -> None:
@@ -122,7 +137,8 @@ async def rig(
             r.audits.append((actor, action, target, detail))
 
         kw.setdefault("poll_s", 0.05)
-        r.bank = LockerBank(cfg, slot, db, store, bus, print_slip, audit, clock, **kw)
+        slips = print_slip or keep_slip
+        r.bank = LockerBank(cfg, slot, db, store, bus, slips, audit, clock, **kw)
         if person:
             task = asyncio.create_task(shut_doors(r.board))
         yield r
@@ -131,10 +147,25 @@ async def rig(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if r is not None and r.bank is not None:
+            await r.bank.close()  # as the Box does: pickups in flight recorded, then the ledger
         if ledger is not None:
             await db.call(ledger.close)
         db.close()
         await slot.close()
+
+
+async def settled(r: Rig) -> None:
+    """Wait until every pickup in flight has seen its door close and been recorded."""
+    while r.bank.pending_tasks:
+        await asyncio.wait(set(r.bank.pending_tasks), timeout=5)
+
+
+async def until(cond: Any, what: str, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def typo(code: str) -> str:
@@ -160,15 +191,17 @@ def test_deposit_then_pickup_confirms_a_redemption_and_keeps_no_clear_code(
             res = await r.bank.pickup(code, LANE)
             assert res["ok"] and res["reason"] == "ok" and res["door"] == 3
             assert "3号" in res["line_zh"] and "Door 3" in res["line_en"]
-            assert res["door_closed"] and not r.board.is_open(3)
-            assert (await r.states())[3] == "free"
-            events = [e.data.get("event") for e in sub.pending()]
-            assert "door_open" in events and "deposit" in events
+            await settled(r)  # the person shut the door: the pickup is recorded
+            assert not r.board.is_open(3) and (await r.states())[3] == "free"
+            events = [e.data for e in sub.pending()]
+            assert {"door_open", "deposit", "picked"} <= {e.get("event") for e in events}
+            assert [e["door_closed"] for e in events if e.get("event") == "picked"] == [True]
 
             (deposit,) = await r.outbox("locker_deposit")
             (picked,) = await r.outbox("locker_pickup")
             assert deposit["body"]["door"] == 3 and deposit["body"]["order_no"] == "A1001"
             assert picked["body"]["state"] == "confirmed" and picked["body"]["lane"] == LANE
+            assert picked["body"]["door_closed"] is True
             rid = picked["body"]["redemption_id"]
             assert len(bytes.fromhex(rid)) == 16 and res["redemption_id"] == rid
             again = await r.bank.pickup(code, LANE)
@@ -249,7 +282,10 @@ def test_a_stuck_door_on_pickup_is_reported_and_the_code_stays_valid(tmp_path: P
             r.board.set_stuck(7, False)  # freed by hand; the customer tries again
             res = await r.bank.pickup(code, LANE)
             assert res["ok"] and res["door"] == 7
+            await settled(r)
             assert len(await r.outbox("locker_pickup")) == 1
+            voided = await r.outbox("locker_pickup_voided")  # the attempt at the stuck door
+            assert [v["body"]["why"] for v in voided] == ["not seen open after unlock"]
 
     asyncio.run(main())
 
@@ -270,7 +306,11 @@ def test_a_door_that_does_not_open_on_deposit_is_skipped_until_a_technician_open
             r.board.set_stuck(3, False)
             fixed = await r.bank.open_door(3, "tech-1", "lock replaced")
             assert fixed["opened"] and fixed["cleared"]
-            assert await r.audit_rows() == [("tech-1", "locker_open_door", "wall:3")] * 2
+            rows = [
+                ("tech-1", "locker_open_door_start", "wall:3"),
+                ("tech-1", "locker_open_door", "wall:3"),
+            ]
+            assert await r.audit_rows() == rows * 2
             assert "lock replaced" in r.audits[-1][3]
             await asyncio.sleep(0.3)
             assert (await r.bank.deposit("D3", "M"))["door"] == 3
@@ -322,7 +362,7 @@ def test_a_deposit_door_left_open_keeps_the_compartment_out_of_use(tmp_path: Pat
     asyncio.run(main())
 
 
-def test_repeated_wrong_codes_rate_limit_the_lane_for_a_while(tmp_path: Path) -> None:
+def test_repeated_wrong_codes_rate_limit_the_bank_for_a_while(tmp_path: Path) -> None:
     async def main() -> None:
         async with rig(tmp_path) as r:
             code = (await r.bank.deposit("F1", "M"))["code"]
@@ -331,7 +371,8 @@ def test_repeated_wrong_codes_rate_limit_the_lane_for_a_while(tmp_path: Path) ->
                 r.clock.now += 5
             res = await r.bank.pickup(code, LANE)  # even the right code waits
             assert res["reason"] == "rate_limited" and not res["ok"] and "稍候" in res["line_zh"]
-            assert (await r.bank.pickup("1234567", "other-lane"))["reason"] != "rate_limited"
+            # The budget is the bank's: another reader of the same wall is locked too.
+            assert (await r.bank.pickup(code, "other-lane"))["reason"] == "rate_limited"
             r.clock.now += 61
             assert (await r.bank.pickup(code, LANE))["ok"]
 
@@ -367,17 +408,18 @@ def test_a_resent_code_replaces_the_old_one_and_cancel_takes_the_parcel_back(
         async with rig(tmp_path) as r:
             old = (await r.bank.deposit("G1", "M"))["code"]
             new = await r.bank.reissue(3, "staff-3")
-            assert new["code"] != old and new["door"] == 3 and new["printed"]
-            assert r.slips[-1]["code"] == new["code"] and r.slips[-1]["reissued"]
+            assert new["code"] != old and new["door"] == 3 and new["printed"] and new["reissued"]
+            assert r.slips[-1]["code"] == new["code"]
             assert (await r.bank.pickup(old, "l1"))["reason"] == "revoked"
             assert (await r.bank.pickup(new["code"], "l2"))["ok"]
+            await settled(r)  # the customer shut door 3: it is free again
 
             code = (await r.bank.deposit("G2", "M"))["code"]
             back = await r.bank.cancel(3, "staff-3", "customer cancelled the order")
             assert back["opened"] and back["cancelled"]
             assert (await r.bank.pickup(code, "l3"))["reason"] == "revoked"
             actions = [a for _, a, _ in await r.audit_rows()]
-            assert actions == ["locker_reissue", "locker_cancel"]
+            assert actions == ["locker_reissue", "locker_cancel_start", "locker_cancel"]
             with pytest.raises(LockerError, match="no active pickup"):
                 await r.bank.reissue(4, "staff-3")
 
@@ -404,8 +446,8 @@ def test_a_board_that_is_down_refuses_deposits_and_keeps_codes_valid(tmp_path: P
 def test_codes_are_seven_digits_outside_the_cloud_namespace(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.db")
     try:
-        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 3
-        assert LEDGER_SCHEMA.version == 3
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert LEDGER_SCHEMA.version == 4
         store = PickupStore(ledger)
         codes = [store.mint("wall", door, f"O{door}", "M", NOW + 3600, NOW) for door in range(200)]
         assert len(set(codes)) == 200
@@ -436,5 +478,386 @@ def test_codes_are_seven_digits_outside_the_cloud_namespace(tmp_path: Path) -> N
         assert not any(c in json.dumps(bodies) for c in [*codes, new])
         with pytest.raises(sqlite3.IntegrityError):  # one active pickup per door
             store.mint("wall", 5, "dup", "M", NOW + 1, NOW)
+    finally:
+        ledger.close()
+
+
+# -- regression tests for the review of the lockers -----------------------------------------------
+
+
+async def mint(r: Rig, door: int, order_no: str, expires_at: float = NOW + 3600) -> str:
+    """A parcel already in `door` (no person needed at the wall)."""
+    return await r.db.call(r.store.mint, "wall", door, order_no, "M", expires_at, NOW)
+
+
+def test_a_pickup_answers_once_the_door_is_open_and_is_recorded_when_it_closes(
+    tmp_path: Path,
+) -> None:
+    """Finding 10: the lane's turn is not held while the customer stands at the open door."""
+
+    async def main() -> None:
+        async with rig(tmp_path, close_timeout=3.0, person=False) as r:
+            code = await mint(r, 3, "K1")
+            t0 = asyncio.get_running_loop().time()
+            res = await r.bank.pickup(code, LANE)
+            assert asyncio.get_running_loop().time() - t0 < 1.0  # not the 3 s close timeout
+            assert res["ok"] and res["door"] == 3 and r.board.is_open(3)
+            assert len(r.bank.pending_tasks) == 1
+            assert await r.outbox("locker_pickup") == []  # not taken yet: the door is open
+            (opening,) = await r.outbox("locker_pickup_opening")  # but on record already
+            assert opening["body"]["redemption_id"] == res["redemption_id"]
+
+            r.board.close_door(3)
+            await settled(r)
+            (picked,) = await r.outbox("locker_pickup")
+            assert picked["body"]["door_closed"] is True
+            assert picked["body"]["redemption_id"] == res["redemption_id"]
+            assert (await r.states())[3] == "free"
+
+            # Left open at shutdown: close() records it (door_closed False), never lost.
+            other = await mint(r, 4, "K2")
+            assert (await r.bank.pickup(other, LANE))["ok"] and r.board.is_open(4)
+            await asyncio.wait_for(r.bank.close(), 2.0)
+            await r.bank.close()  # idempotent
+            assert not r.bank.pending_tasks
+            bodies = [e["body"] for e in await r.outbox("locker_pickup")]
+            assert [(b["door"], b["door_closed"]) for b in bodies] == [(3, True), (4, False)]
+            assert (await r.bank.pickup(code, LANE))["reason"] == "locker_down"
+
+    asyncio.run(main())
+
+
+def test_a_pickup_that_expires_while_its_door_is_open_is_still_recorded(tmp_path: Path) -> None:
+    """Finding 2: maintenance's expiry does not steal a pickup whose door is open, and staff
+    cannot cancel or re-send a code while its door is in use."""
+
+    async def main() -> None:
+        async with rig(tmp_path, person=False) as r:
+            code = await mint(r, 3, "X1", expires_at=NOW + 10)
+            r.clock.now = NOW + 9  # the customer scans just in time
+            pick = asyncio.create_task(r.bank.pickup(code, LANE))
+            await until(lambda: r.board.is_open(3), "door 3 open")
+            r.clock.now = NOW + 30  # ... and is still at the door when maintenance runs
+            assert await r.bank.expire() == []
+            with pytest.raises(LockerError, match="in use"):
+                await r.bank.cancel(3, "staff", "customer called")
+            with pytest.raises(LockerError, match="in use"):
+                await r.bank.reissue(3, "staff")
+            assert (await pick)["ok"]
+            r.board.close_door(3)
+            await settled(r)
+            assert len(await r.outbox("locker_pickup")) == 1
+            assert (
+                await r.outbox("locker_expired") == [] and await r.outbox("locker_cancelled") == []
+            )
+            assert (await r.states())[3] == "free"
+            assert await r.audit_rows() == []  # nothing was done by staff
+
+            # The store itself: a pickup found expired when its door opened is still taken,
+            # and the door's `expired` hold goes with it.
+            late = await mint(r, 5, "X2", expires_at=NOW + 20)
+            (p,) = await r.db.call(r.store.expire, NOW + 30, "wall")
+            assert p.door == 5 and (await r.states())[5] == "expired"
+            await r.db.call(r.store.mark_picked, p.id, NOW + 31, LANE)
+            assert (await r.states())[5] == "free"
+            assert (await r.bank.pickup(late, LANE))["reason"] == "already_used"
+
+    asyncio.run(main())
+
+
+def test_a_crash_mid_pickup_or_mid_deposit_is_resolved_at_the_next_start(tmp_path: Path) -> None:
+    """Finding 3: the intents are durable before the doors move; a crash leaves them behind and
+    the next start resolves them on the safe side, with an alert for staff."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+        store = PickupStore(ledger, now=NOW)
+        code = store.mint("wall", 3, "P1", "M", NOW + 3600, NOW)
+        p = store.lookup(code, NOW).pickup
+        assert p is not None
+        began = store.begin_pickup(p.id, LANE, NOW + 1)  # what the bank commits before unlock
+        assert began.ok and began.pickup is not None and began.pickup.state == "opening"
+        store.begin_deposit("wall", 5, "P2", NOW + 2)  # ... and before a deposit's unlock
+        rid = began.pickup.redemption_id
+        assert rid is not None
+    finally:
+        ledger.close()  # the box dies here: nothing resolves either intent
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            assert sorted(x["door"] for x in r.bank.recovered) == [3, 5]
+            alerts = [e.data for e in r.bus.recent if e.data.get("event") == "alert"]
+            assert sorted(a["door"] for a in alerts) == [3, 5]
+            (picked,) = await r.outbox("locker_pickup")
+            assert picked["body"]["door_closed"] is None
+            assert picked["body"]["redemption_id"] == rid.hex()  # the id announced at opening
+            assert (await r.bank.pickup(code, LANE))["reason"] == "already_used"
+            held = [e["body"] for e in await r.outbox("locker_door_fault")]
+            assert [(h["door"], h["order_no"]) for h in held] == [(5, "P2")]
+            grid = {g["door"]: g for g in await r.bank.grid()}
+            assert (grid[3]["state"], grid[5]["state"], grid[5]["order_no"]) == (
+                "free",
+                "open",
+                "P2",
+            )
+            doors = [(await r.bank.deposit(f"P{n}", "M"))["door"] for n in (3, 4, 5)]
+            assert doors == [3, 4, 6]  # door 5 waits for staff: the parcel may be inside
+
+    asyncio.run(main())
+    ledger = Ledger(tmp_path / "ledger.db")  # resolved once: a later start finds nothing
+    try:
+        assert PickupStore(ledger).recovered == []
+    finally:
+        ledger.close()
+
+
+def test_a_deposit_whose_code_cannot_be_recorded_keeps_its_door_for_staff(
+    tmp_path: Path,
+) -> None:
+    """Finding 3: the ledger refuses writes after the parcel went in (as on a full disk):
+    the deposit fails clearly and its door is never handed to the next deposit."""
+
+    async def main() -> None:
+        async with rig(tmp_path, person=False) as r:
+
+            async def hand_then_disk_full() -> None:
+                await until(lambda: r.board.is_open(1), "door 1 open")
+                await r.db.call(r.store.conn.execute, "PRAGMA query_only=1")
+                r.board.close_door(1)
+
+            hand = asyncio.create_task(hand_then_disk_full())
+            with pytest.raises(LockerError, match="held for staff"):
+                await r.bank.deposit("Q1", "S")
+            await hand
+            await r.db.call(r.store.conn.execute, "PRAGMA query_only=0")
+            assert await r.outbox("locker_deposit") == []
+            row = (await r.bank.grid())[0]
+            assert (row["state"], row["order_no"]) == ("open", "Q1")
+            person = asyncio.create_task(shut_doors(r.board))
+            try:
+                assert (await r.bank.deposit("Q2", "S"))["door"] == 2
+            finally:
+                person.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await person
+
+    asyncio.run(main())
+    ledger = Ledger(tmp_path / "ledger.db")  # after a restart door 1 is still held for Q1
+    try:
+        store = PickupStore(ledger)
+        assert [(x["door"], x["order_no"]) for x in store.recovered] == [(1, "Q1")]
+        assert store.door_flags("wall")[1].held == "open"
+    finally:
+        ledger.close()
+
+
+def test_wrong_codes_count_per_bank_double_the_lockout_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Finding 6: one budget for the whole wall, a longer lockout each time, a staff alert, and
+    another bank's code answered exactly like a code that does not exist."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            code = await mint(r, 3, "R1")
+            hall = await r.db.call(r.store.mint, "hall", 1, "H1", "M", NOW + 3600, NOW)
+            nobody = next(c for c in iter(new_code, None) if c not in (code, hall))
+            a = await r.bank.pickup(hall, "lane-1")
+            b = await r.bank.pickup(nobody, "lane-2")
+            assert (
+                (a["reason"], a["detail"])
+                == (b["reason"], b["detail"])
+                == (
+                    "unknown_code",
+                    "no pickup with this code",
+                )
+            )
+            sub = r.bus.subscribe({"locker"})
+            for n in range(3):  # five wrong codes from five readers
+                await r.bank.pickup(typo(code), f"lane-{n + 3}")
+            assert (await r.bank.pickup(code, "lane-9"))["reason"] == "rate_limited"
+            (alert,) = [e.data for e in sub.pending() if e.data["event"] == "rate_limited"]
+            assert alert["alert"] and alert["lockout_s"] == 60
+            (rec,) = await r.outbox("locker_rate_limited")
+            assert rec["body"]["lockout_s"] == 60
+
+            r.clock.now += 61
+            for _ in range(5):
+                await r.bank.pickup(nobody, "lane-1")
+            r.clock.now += 61  # a second lockout lasts twice as long
+            assert (await r.bank.pickup(code, "lane-1"))["reason"] == "rate_limited"
+            again = LockerBank(r.bank.cfg, r.slot, r.db, r.store, r.bus, clock=r.clock)
+            assert (await again.pickup(code, "lane-1"))["reason"] == "rate_limited"  # restart
+            r.clock.now += 60
+            assert (await r.bank.pickup(code, "lane-1"))["ok"]
+
+    asyncio.run(main())
+
+
+def test_a_reissued_slip_prints_with_the_real_template(tmp_path: Path) -> None:
+    """Finding 7: the re-sent code's slip passes the pickup_slip template."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            await r.bank.deposit("S1", "M")
+            new = await r.bank.reissue(3, "staff")
+            assert new["reissued"] and new["printed"]
+            job = render("pickup_slip", r.slips[-1])
+            assert any(new["code"] in str(item) for item in job.items)
+            render("pickup_slip", r.slips[0])
+
+    asyncio.run(main())
+
+
+def test_without_a_receipt_printer_the_deposit_says_the_slip_was_not_printed(
+    tmp_path: Path,
+) -> None:
+    """Finding 8: the Box's slip printer refuses when none is configured."""
+    from edge.box import Box
+    from edge.config import BoxConfig, Policy
+    from edge.spool import PrintSpool
+
+    async def main() -> None:
+        cfg = BoxConfig(
+            tmp_path / "edge.toml", "site", "box", tmp_path / "anchor.json", tmp_path, Policy(), {}
+        )
+        box = Box(cfg, token="t")
+        box.spool = PrintSpool(tmp_path / "spool.db", cfg.printing, {}, box.bus)  # no printer
+        try:
+            async with rig(tmp_path, print_slip=box._print_slip) as r:
+                sub = r.bus.subscribe({"locker"})
+                got = await r.bank.deposit("N1", "S")
+                assert got["printed"] is False and len(got["code"]) == 7
+                whats = [e.data.get("what", "") for e in sub.pending()]
+                assert any("not printed" in w and "receipt" in w for w in whats), whats
+        finally:
+            await box.close()
+
+    asyncio.run(main())
+
+
+def test_a_wall_without_lock_power_is_unavailable_not_all_faulty(tmp_path: Path) -> None:
+    """Finding 9: the second door in a row that does not open stops the deposit."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            for door in range(1, 9):
+                r.board.set_stuck(door)
+            with pytest.raises(LockerUnavailable, match="lock power"):
+                await r.bank.deposit("W1")
+            assert len(r.board.unlocks()) == 2
+            assert [e["body"]["door"] for e in await r.outbox("locker_door_fault")] == [1]
+            states = await r.states()
+            assert states[1] == "fault" and all(states[d] == "free" for d in range(2, 9))
+
+    asyncio.run(main())
+
+
+def test_a_stopping_bank_takes_no_new_deposits_or_pickups(tmp_path: Path) -> None:
+    """Finding 15."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            code = await mint(r, 3, "T1")
+            r.bank.stopping = True  # what the Box sets when it starts stopping
+            with pytest.raises(Stopping):
+                await r.bank.deposit("T2", "S")
+            res = await r.bank.pickup(code, LANE)
+            assert res["reason"] == "locker_down" and "still valid" in res["line_en"]
+            with pytest.raises(Stopping):
+                await r.bank.cancel(3, "staff", "late")
+            assert r.board.unlocks() == [] and await r.outbox("locker_pickup_opening") == []
+            assert (await r.states())[3] == "occupied"
+
+    asyncio.run(main())
+
+
+def test_technician_door_commands_are_on_record_before_the_door_moves(tmp_path: Path) -> None:
+    """Finding 16: open_door and cancel write their audit intent first; no record, no move."""
+
+    async def main() -> None:
+        async with rig(tmp_path, person=False) as r:
+            await mint(r, 3, "U1")
+            seen: list[tuple[str, bool]] = []
+            audit = r.bank.audit
+            assert audit is not None
+
+            async def watching(actor: str, action: str, target: str, detail: str) -> None:
+                seen.append((action, r.board.is_open(3)))
+                await audit(actor, action, target, detail)
+
+            r.bank.audit = watching
+            await r.bank.open_door(3, "tech", "look inside")
+            r.board.close_door(3)
+            await r.bank.cancel(3, "tech", "order cancelled")
+            assert seen == [
+                ("locker_open_door_start", False),
+                ("locker_open_door", True),
+                ("locker_cancel_start", False),
+                ("locker_cancel", True),
+            ]
+
+            async def broken(actor: str, action: str, target: str, detail: str) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            r.board.close_door(3)
+            r.bank.audit = broken
+            unlocks = len(r.board.unlocks())
+            with pytest.raises(sqlite3.OperationalError):
+                await r.bank.open_door(3, "tech", "unrecorded")
+            with pytest.raises(sqlite3.OperationalError):
+                await r.bank.open_all("tech", "unrecorded")
+            assert len(r.board.unlocks()) == unlocks and not r.board.is_open(3)
+
+    asyncio.run(main())
+
+
+def test_a_second_scan_during_a_pickup_gets_the_first_scans_answer(tmp_path: Path) -> None:
+    """Finding 21: the same slip scanned twice while its stuck door is tried is not told
+    "door open"; and while the door really is open it is, with the same redemption."""
+
+    async def main() -> None:
+        async with rig(tmp_path, person=False) as r:
+            code = await mint(r, 3, "V1")
+            r.board.set_stuck(3)
+            a, b = await asyncio.gather(r.bank.pickup(code, "l1"), r.bank.pickup(code, "l2"))
+            assert (a["reason"], b["reason"]) == ("door_fault", "door_fault")
+            assert len(r.board.unlocks()) == 1  # one unlock for both scans
+            await r.bank.open_door(3, "tech", "freed the latch")  # clears the fault
+            r.board.set_stuck(3, False)
+            r.board.close_door(3)
+            first = await r.bank.pickup(code, "l1")
+            again = await r.bank.pickup(code, "l2")
+            assert first["ok"] and again["ok"] and again["door"] == 3
+            assert again["redemption_id"] == first["redemption_id"]
+            r.board.close_door(3)
+            await settled(r)
+            assert (await r.bank.pickup(code, "l3"))["reason"] == "already_used"
+            assert len(await r.outbox("locker_pickup")) == 1
+
+    asyncio.run(main())
+
+
+def test_a_version_3_ledger_keeps_its_pickups_and_doors_when_migrated(tmp_path: Path) -> None:
+    """Migration 4 rebuilds the two tables (new states) without losing a row."""
+    v3 = tmp_path / "v3.db"
+    conn = open_db(v3, Schema("ledger", LEDGER_SCHEMA.migrations[:3]), create=True)
+    conn.execute(
+        "INSERT INTO pickups (id, code_hash, code_fp, device, door, order_no, size, state, "
+        "created_at, expires_at, updated_at) VALUES (x'01', x'02', '02', 'wall', 3, 'O1', 'M', "
+        "'active', 1, 2, 1)"
+    )
+    conn.execute(
+        "INSERT INTO locker_doors (device, door, held, order_no, updated_at) "
+        "VALUES ('wall', 4, 'open', 'O2', 1)"
+    )
+    conn.close()
+    ledger = Ledger(v3)
+    try:
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        store = PickupStore(ledger, now=NOW)
+        assert store.get(b"\x01").order_no == "O1" and set(store.active("wall")) == {3}
+        assert store.door_flags("wall")[4].held == "open"
+        store.begin_deposit("wall", 5, "O3", NOW)  # the new states are accepted
+        assert store.door_flags("wall")[5].held == "deposit"
     finally:
         ledger.close()

@@ -1,29 +1,40 @@
 """The print spool on simulated printers (the real ESC/POS driver over TCP to the sim printer):
-station routing, once-per-id printing, paper out, failover, reprint, crash recovery, templates."""
+station routing, once-per-id printing, paper out, failover, reprint, crash recovery, templates,
+outcome reporting, pruning, pickup codes kept out of spool.db, site time on tickets."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from drivers.errors import DeviceOperationError
+from drivers.printer import Printer, PrinterNotReady
 from drivers.printer.job import Text
 from drivers.printer.sim import SimPrinter
 from drivers.printer.simstate import EscposMachine
 from edge.bus import Event, EventBus
 from edge.config import DeviceConfig, PrintingConfig
-from edge.devices import DeviceSlot, make_slot
-from edge.errors import NotFound
-from edge.spool import PrintSpool
+from edge.devices import DeviceDown, DeviceSlot, make_slot
+from edge.errors import EdgeError, NotFound
+from edge.spool import JobIdConflict, PrintSpool
+from edge.spool_db import SPOOL_SCHEMA
+from edge.store import Schema, open_db
 from edge.templates import TEMPLATES, TemplateError, job_from_json, job_to_json, render
+from tests.daemon_kit import jobs, make_site, printed, running
 
+NOW = 1_777_600_800.0  # 2026-05-01 02:00 UTC: 10:00 in Shanghai, 22:00 the day before in New York
+DAY = 86400.0
 SIM = "sim://?profile=tm-t20&timeout=0.3"
 DEAD = "sim://?profile=tm-t20&reply=none&timeout=0.2"
 KITCHEN = {
@@ -92,7 +103,7 @@ def printing(**kw: Any) -> PrintingConfig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    path: Path, urls: dict[str, str], cfg: PrintingConfig, *, run: bool = True
+    path: Path, urls: dict[str, str], cfg: PrintingConfig, *, run: bool = True, **spool_kw: Any
 ) -> AsyncIterator[Rig]:
     bus = EventBus(recent=1000)
     bus.bind(asyncio.get_running_loop())
@@ -106,7 +117,8 @@ async def rig(
             # would keep trying); the spool must cope with both.
             assert await slot.open() or "reply=none" in slot.cfg.url, slot.error
         records: list[tuple[str, dict[str, Any]]] = []
-        spool = PrintSpool(path, cfg, slots, bus, lambda k, b: _append(records, k, b))
+        record = spool_kw.pop("record", lambda k, b: _append(records, k, b))
+        spool = spool_kw.pop("cls", PrintSpool)(path, cfg, slots, bus, record, **spool_kw)
         r = Rig(spool, slots, bus, records)
         if run:
             task = asyncio.create_task(spool.run(stop))
@@ -272,10 +284,12 @@ def test_dead_primary_fails_over_to_the_station_backup(tmp_path: Path) -> None:
             assert "1 x 宫保鸡丁" in r.text("hot2") and r.text("hot1") == []
             moved = r.seen("print", job=job["id"], state="failover")
             assert moved and moved[0].data["from_printer"] == "hot1"
-            assert [b["state"] for k, b in r.records if b["job"] == job["id"]] == [
-                "failover",
-                "printed",
+            # The cloud hears of the failover once, and of the job's outcome once.
+            assert [(k, b.get("state")) for k, b in r.records] == [
+                ("print_failover", None),
+                ("print_result", "printed"),
             ]
+            assert r.records[0][1]["jobs"] == [job["id"]] and r.records[0][1]["to"] == ["hot2"]
             # The station's next job goes straight to the backup; a direct job stays queued.
             nxt = await r.spool.submit("kitchen", KITCHEN | {"table": "7"}, target="station:hot")
             assert nxt["printer"] == "hot2"
@@ -435,3 +449,328 @@ def test_bad_template_data_names_the_field() -> None:
         render("pickup_slip", SAMPLES["pickup_slip"][0] | {"door": 0})
     with pytest.raises(TemplateError, match=r"receipt\.items\[0\]\.price_cents: missing"):
         render("receipt", {"order_no": "1", "items": [{"name": "茶", "qty": 1}], "paid_at": "x"})
+
+
+# -- failover, devices, workers ---------------------------------------------------------------
+
+
+def test_two_dead_station_printers_do_not_toss_a_job_back_and_forth(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = printing(receipt=None, stations={"hot": ("hot1", "hot2")}, failover_after_s=0.2)
+        async with rig(tmp_path / "spool.db", {"hot1": DEAD, "hot2": DEAD}, cfg) as r:
+            job = await r.spool.submit("kitchen", KITCHEN, target="station:hot")
+            await asyncio.sleep(1.5)  # many failover periods
+            waiting = await r.spool.job(job["id"])
+            assert waiting is not None and waiting["state"] == "queued"
+            assert waiting["printer"] == "hot1"  # no working printer to move it to
+            assert not r.seen("print", state="failover") and r.records == []
+            assert len(r.seen("print")) < 30  # retried with backoff, not spinning
+
+    asyncio.run(main())
+
+
+def test_a_job_moved_to_a_backup_out_of_paper_waits_there(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = printing(receipt=None, stations={"hot": ("hot1", "hot2")}, failover_after_s=0.2)
+        urls = {"hot1": DEAD, "hot2": SIM + "&paper=out"}
+        async with rig(tmp_path / "spool.db", urls, cfg) as r:
+            job = await r.spool.submit("kitchen", KITCHEN, target="station:hot")
+            await r.state(job["id"], "held")
+            await asyncio.sleep(1.0)  # hot2 is in trouble too, and hot1 is still down
+            assert len(r.seen("print", state="failover")) == 1
+            assert [k for k, _ in r.records] == ["print_failover"]
+            r.machine("hot2").load_paper()
+            done = await r.state(job["id"], "printed")
+            assert done["printer"] == "hot2" and count(r.text("hot2"), "1 x 宫保鸡丁") == 1
+
+    asyncio.run(main())
+
+
+def test_a_printer_that_loses_its_port_goes_down_but_paper_out_does_not() -> None:
+    async def main() -> None:
+        bus = EventBus(recent=100)
+        bus.bind(asyncio.get_running_loop())
+        usb = make_slot(
+            DeviceConfig("usb", "printer", "sim", "sim://?transport=pty&timeout=0.2"), bus
+        )
+        empty = make_slot(DeviceConfig("empty", "printer", "sim", SIM + "&paper=out"), bus)
+        try:
+            assert await usb.open() and await empty.open()
+            page = render("test_page", {})
+            for _ in range(4):  # the printer answers "paper out": it is there, jobs wait
+                with pytest.raises(PrinterNotReady):
+                    await empty.call(Printer.print_job, page)
+            assert empty.up
+            device = usb.device
+            assert isinstance(device, SimPrinter) and device.server is not None
+            device.server.close()  # the cable is pulled: "serial port gone: EIO"
+            for _ in range(3):
+                with pytest.raises(DeviceOperationError, match="serial port gone"):
+                    await usb.call(Printer.status)
+            assert not usb.up and "serial port gone" in usb.error  # keep_open reopens it
+            with pytest.raises(DeviceDown):
+                await usb.call(Printer.status)
+            down = [e.data for e in bus.recent if e.topic == "device" and not e.data["up"]]
+            assert [e["device"] for e in down] == ["usb"]
+        finally:
+            await usb.close()
+            await empty.close()
+            bus.close()
+
+    asyncio.run(main())
+
+
+class CrashingSpool(PrintSpool):
+    """A spool whose print worker crashes: six times at once, then after working a while."""
+
+    RESTART_MIN_S, RESTART_MAX_S, HEALTHY_S = 0.01, 5.0, 0.3
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.starts: list[float] = []
+        self.crashes: list[float] = []
+
+    async def _worker(self, name: str) -> None:
+        self.starts.append(time.monotonic())
+        n = len(self.starts)
+        if n == 7:
+            await asyncio.sleep(0.4)  # works for longer than HEALTHY_S
+        if n > 7:
+            await self._halt.wait()
+            return
+        self.crashes.append(time.monotonic())
+        raise RuntimeError(f"bug {n}")
+
+
+def test_a_print_worker_that_had_been_working_restarts_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = printing(receipt="p", stations={})
+        async with rig(tmp_path / "spool.db", {"p": SIM}, cfg, cls=CrashingSpool) as r:
+            spool = r.spool
+            assert isinstance(spool, CrashingSpool)
+            while len(spool.starts) < 8:
+                await asyncio.sleep(0.02)
+            assert spool.starts[6] - spool.crashes[5] >= 0.3  # a crash loop backs off ...
+            assert spool.starts[7] - spool.crashes[6] < 0.3  # ... a fresh fault starts over
+
+    asyncio.run(main())
+
+
+# -- job ids, outcomes, config changes ------------------------------------------------------
+
+
+def test_a_job_id_taken_by_other_content_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        now = [NOW]
+        urls = {"hot1": SIM, "bar1": SIM, "counter": SIM}
+        async with rig(tmp_path / "spool.db", urls, printing(), clock=lambda: now[0]) as r:
+            await r.spool.submit("kitchen", KITCHEN, target="hot1", job_id="cloud-9")
+            same = await r.spool.submit("kitchen", KITCHEN, target="hot1", job_id="cloud-9")
+            assert same["id"] == "cloud-9"
+            other = KITCHEN | {"table": "9"}
+            with pytest.raises(JobIdConflict, match="cloud-9") as caught:
+                await r.spool.submit("kitchen", other, target="hot1", job_id="cloud-9")
+            assert isinstance(caught.value, EdgeError)  # the API answers 409
+            # The till sends the order again five minutes later: the same tickets (the time
+            # the box stamps on them is not the order's content), nothing printed twice.
+            ids = [j["id"] for j in await r.spool.submit_order(ORDER)]
+            now[0] += 300
+            assert [j["id"] for j in await r.spool.submit_order(ORDER)] == ids
+            soup = {"name": "酸辣汤 Soup", "qty": 1, "price_cents": 900, "station": "hot"}
+            with pytest.raises(JobIdConflict, match="order-A17-hot"):
+                await r.spool.submit_order(ORDER | {"items": [*ORDER["items"], soup]})
+            for job_id in ["cloud-9", *ids]:
+                await r.state(job_id, "printed")
+            await asyncio.sleep(0.3)
+            hot = r.text("hot1")
+            assert count(hot, "桌号 Table 5") == 1 and count(hot, "桌号 Table 12") == 1
+            assert count(hot, "桌号 Table 9") == 0 and count(hot, "酸辣汤") == 0
+
+    asyncio.run(main())
+
+
+def test_an_outcome_the_outbox_missed_is_sent_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        path, cfg = tmp_path / "spool.db", printing(receipt="p", stations={})
+        sent: list[tuple[str, dict[str, Any]]] = []
+        broken = [True]
+
+        async def outbox(kind: str, body: dict[str, Any]) -> None:
+            if broken[0]:
+                raise OSError("outbox unavailable")
+            sent.append((kind, body))
+
+        async with rig(path, {"p": SIM}, cfg, record=outbox) as r:
+            await r.spool.submit("test_page", {}, target="p", job_id="j1")
+            await r.state("j1", "printed")
+            broken[0] = False
+            await r.spool.prune(time.time())  # just finished: left to the worker for now
+            assert sent == []
+            await r.spool.prune(time.time() + 61)  # the daemon's maintenance, a minute on
+            assert [(k, b["job"], b["state"]) for k, b in sent] == [
+                ("print_result", "j1", "printed")
+            ]
+            await r.spool.prune(time.time() + 61)
+            assert len(sent) == 1
+            broken[0] = True
+            await r.spool.submit("test_page", {}, target="p", job_id="j2")
+            await r.state("j2", "printed")
+        # The box stopped before j2's outcome reached the outbox: the next start sends it.
+        async with rig(path, {"p": SIM}, cfg) as r:
+            await r.spool.open()
+            assert [(k, b["job"], b["state"]) for k, b in r.records] == [
+                ("print_result", "j2", "printed")
+            ]
+        async with rig(path, {"p": SIM}, cfg) as r:
+            await r.spool.open()
+            assert r.records == []  # sent once is enough
+
+    asyncio.run(main())
+
+
+def test_jobs_for_a_printer_removed_from_the_config_are_moved_or_failed(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = tmp_path / "spool.db"
+        before = printing(receipt="counter", stations={"hot": ("hot1",)})
+        async with rig(path, {"hot1": SIM, "counter": SIM}, before, run=False) as r:
+            await r.spool.submit("kitchen", KITCHEN, target="station:hot", job_id="k1")
+            await r.spool.submit("test_page", {"printer": "counter"}, target="receipt", job_id="r1")
+            await r.spool.submit("test_page", {"printer": "hot1"}, target="hot1", job_id="d1")
+        # The kitchen swaps its printers and the counter gets a new till printer.
+        after = printing(receipt="till", stations={"hot": ("hot2",)})
+        async with rig(path, {"hot2": SIM, "till": SIM}, after) as r:
+            assert (await r.state("k1", "printed"))["printer"] == "hot2"
+            assert (await r.state("r1", "printed"))["printer"] == "till"
+            failed = await r.state("d1", "failed")
+            assert "no longer configured" in failed["last_error"]
+            assert ("d1", "failed") in [(b["job"], b["state"]) for k, b in r.records]
+            assert await r.spool.queue_depths() == {"hot2": 0, "till": 0}
+            assert "1 x 宫保鸡丁" in r.text("hot2")
+
+    asyncio.run(main())
+
+
+# -- pickup slips, pruning, site time ---------------------------------------------------------
+
+
+def test_a_pickup_slip_keeps_no_code_once_printed_and_is_never_reprinted(tmp_path: Path) -> None:
+    async def main() -> None:
+        slip = SAMPLES["pickup_slip"][0]
+        async with rig(tmp_path / "spool.db", {"p": SIM}, printing(receipt="p", stations={})) as r:
+            job = await r.spool.submit("pickup_slip", slip, target="receipt", source="locker")
+            done = await r.state(job["id"], "printed")
+            assert "8412-3390" in r.text("p") and "8412-3390" in r.machine("p").qr
+            assert done["title"] == "pickup slip A 7" and (await r.spool.jobs())[0] == done
+            with pytest.raises(ValueError, match="reissue the code from the locker"):
+                await r.spool.reprint(job["id"], "alice")
+            await r.spool.prune(time.time())  # the daemon's maintenance
+            files = list(tmp_path.glob("spool.db*"))
+            assert files and all(b"8412-3390" not in f.read_bytes() for f in files)
+            await asyncio.sleep(0.2)
+            assert count(r.text("p"), "取货凭条 PICKUP SLIP") == 1
+
+    asyncio.run(main())
+
+
+def test_old_final_jobs_are_pruned_but_their_ids_never_print_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        urls = {"p": SIM, "q": SIM + "&paper=out"}
+        async with rig(tmp_path / "spool.db", urls, printing(receipt="p", stations={})) as r:
+            await r.spool.submit("kitchen", KITCHEN, target="p", job_id="cloud-1")
+            await r.state("cloud-1", "printed")
+            await r.spool.submit("test_page", {}, target="q", job_id="cloud-2")
+            await r.state("cloud-2", "held")
+            assert await r.spool.prune(time.time() + 29 * DAY) == 0
+            assert await r.spool.prune(time.time() + 31 * DAY) == 1
+            assert [j["id"] for j in await r.spool.jobs()] == ["cloud-2"]  # waiting: kept
+            gone = await r.spool.job("cloud-1")
+            assert (
+                gone is not None and gone["state"] == "printed" and "pruned" in gone["last_error"]
+            )
+            again = await r.spool.submit("kitchen", KITCHEN, target="p", job_id="cloud-1")
+            assert again["state"] == "printed"
+            with pytest.raises(JobIdConflict):
+                other = KITCHEN | {"table": "8"}
+                await r.spool.submit("kitchen", other, target="p", job_id="cloud-1")
+            with pytest.raises(NotFound, match="pruned"):
+                await r.spool.reprint("cloud-1", "alice")
+            await asyncio.sleep(0.3)
+            assert count(r.text("p"), "桌号 Table 5") == 1
+
+    asyncio.run(main())
+
+
+def test_times_print_in_the_site_timezone(tmp_path: Path) -> None:
+    async def main() -> None:
+        zone = ["America/New_York"]
+        cfg = printing(receipt="p", stations={"hot": ("p",)})
+        kw: dict[str, Any] = {"clock": lambda: NOW, "site_tz": lambda: ZoneInfo(zone[0])}
+        async with rig(tmp_path / "spool.db", {"p": SIM}, cfg, **kw) as r:
+            slip = SAMPLES["pickup_slip"][0]  # expires at NOW
+            await r.spool.submit("pickup_slip", slip, target="p", job_id="s1", source="locker")
+            noodles = {"name": "面 Noodles", "qty": 1, "price_cents": 900, "station": "hot"}
+            await r.spool.submit_order({"id": "T1", "items": [noodles]})
+            zone[0] = "Asia/Shanghai"  # a new bundle says where the site is
+            await r.spool.submit("pickup_slip", slip, target="p", job_id="s2", source="locker")
+            for job_id in ("s1", "order-T1-hot", "order-T1-receipt", "s2"):
+                await r.state(job_id, "printed")
+            text = r.text("p")
+            assert "有效期至 Valid until 2026-04-30 22:00" in text and "下单 Time 22:00" in text
+            assert any("Paid 2026-04-30 22:00" in line for line in text)
+            assert "有效期至 Valid until 2026-05-01 10:00" in text
+
+    asyncio.run(main())
+
+
+def test_the_daemon_prints_in_site_time_and_keeps_no_slip_codes(tmp_path: Path) -> None:
+    site = make_site(tmp_path)  # the site is in Asia/Shanghai
+    with running(site) as d:
+        data = {"locker": "wall", "door": 3, "code": "5550123", "expires_at": NOW}
+        body = {"template": "pickup_slip", "data": data, "target": "receipt", "id": "slip-1"}
+        status, job = d.api("POST", "/api/v1/print/jobs", body)
+        assert status == 200, job
+        d.wait(lambda: jobs(d)["slip-1"]["state"] == "printed", what="slip printed")
+        assert "有效期至 Valid until 2026-05-01 10:00" in printed(d, "receipt")
+        status, err = d.api("POST", "/api/v1/print/jobs/slip-1/reprint", {"actor": "staff-li"})
+        assert status == 400 and "reissue" in err["detail"], err
+        status, err = d.api("POST", "/api/v1/print/jobs", body | {"data": data | {"door": 4}})
+        assert status == 409 and "slip-1" in err["detail"], err
+        d.run(d.box.maintenance())
+        files = list(d.box.config.state_dir.glob("spool.db*"))
+        assert files and all(b"5550123" not in f.read_bytes() for f in files)
+    # maintenance() used the loop's default executor; daemon_kit closes the loop without waiting
+    # for that thread to exit, so wait here rather than race the thread-leak check.
+    for thread in threading.enumerate():
+        if thread.name.startswith("asyncio_"):
+            thread.join(5)
+
+
+def test_a_spool_db_from_the_last_release_is_migrated_and_its_slip_codes_masked(
+    tmp_path: Path,
+) -> None:
+    path, slip = tmp_path / "spool.db", SAMPLES["pickup_slip"][0]
+    v1 = open_db(path, Schema("spool", SPOOL_SCHEMA.migrations[:1]), create=True)
+    try:
+        for job_id, template, data, state in [
+            ("old-slip", "pickup_slip", slip, "printed"),
+            ("old-ticket", "kitchen", KITCHEN, "queued"),
+        ]:
+            doc = json.dumps(job_to_json(render(template, data)), ensure_ascii=False)
+            v1.execute(
+                "INSERT INTO jobs (id, target, printer, template, title, data, document, state, "
+                "created_at, updated_at, source) VALUES (?, 'p', 'p', ?, 't', ?, ?, ?, ?, ?, "
+                "'kiosk')",
+                (job_id, template, json.dumps(data), doc, state, time.time(), time.time()),
+            )
+    finally:
+        v1.close()
+
+    async def main() -> None:
+        async with rig(path, {"p": SIM}, printing(receipt="p", stations={})) as r:
+            await r.state("old-ticket", "printed")
+            assert await r.spool.prune(time.time()) == 0  # recent: kept, with the code masked
+            assert all(b"8412-3390" not in f.read_bytes() for f in tmp_path.glob("spool.db*"))
+            # The old outcome is not sent again; the ticket that was still waiting is.
+            assert [b["job"] for _, b in r.records] == ["old-ticket"]
+
+    asyncio.run(main())
