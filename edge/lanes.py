@@ -35,7 +35,7 @@ from edge.lane_text import (
     LINE_PASS,
     display_line,
 )
-from edge.pickups import is_pickup_code
+from edge.pickup_codes import is_pickup_code
 from edge.rules import Reason
 from edge.runner import Runner
 from edge.service import RedemptionService

@@ -28,7 +28,8 @@ from edge.bus import EventBus
 from edge.config import LockerBankConfig
 from edge.devices import DeviceDown, DeviceSlot
 from edge.errors import EdgeError, Stopping
-from edge.pickups import LINES, Lookup, Pickup, PickupStore
+from edge.pickup_codes import LINES, Lookup, Pickup
+from edge.pickups import PickupStore
 from edge.runner import Runner
 
 log = logging.getLogger(__name__)

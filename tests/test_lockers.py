@@ -30,7 +30,8 @@ from edge.lockers import (
     LockerUnavailable,
     PrintSlip,
 )
-from edge.pickups import PickupStore, is_pickup_code, new_code
+from edge.pickup_codes import is_pickup_code, new_code
+from edge.pickups import PickupStore
 from edge.runner import Runner
 from edge.store import Schema, open_db, transaction
 from edge.templates import render
