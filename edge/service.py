@@ -409,7 +409,7 @@ class RedemptionService:
             self.ledger.remember_rotating(cred.canonical_id, ident.rotating_shown_at, now, keep)
         high = float(self.ledger.meta("high_water") or 0)
         self.ledger.set_meta("high_water", repr(max(high, now)))
-        body = r.as_json() | {"warnings": [str(w) for w in d.warnings]}
+        body = r.as_json() | {"warnings": [str(w) for w in d.warnings], "entries": cred.entries}
         self.ledger.append_event("redemption", body, now, rid)
         return d.with_(redemption_id=rid.hex(), state=state)
 

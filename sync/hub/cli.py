@@ -1,11 +1,15 @@
-"""`edge hub ...`: the reference cloud tools (keys, minting, display codes, bundles, vectors)."""
+"""`edge hub ...`: the reference cloud tools (keys, minting, display codes, bundles, vectors) and
+its sync side (register, serve, send, status)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import secrets
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 
 from edge.codes import Ticket, display_rotating
 from edge.rules_vectors import run_vectors
+from sync import protocol
 from sync.hub.inputs import DEFAULT_LIST, load_input, parse_time
 from sync.hub.issuer import BundleContent, Hub, ShortCodeSpec, load_private, new_holder_key
 from sync.hub.issuer import random_short_code as new_short
@@ -69,6 +74,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--expires-days", type=float, default=30.0)
     p.add_argument("--at", help="issue time, ISO 8601 with UTC offset (default: now)")
     p.set_defaults(func=cmd_bundle)
+
+    _register_sync(hs)
 
     p = hs.add_parser("vectors", help="run the shared rule test vectors")
     p.add_argument("file", nargs="?", type=Path, help="default: docs/rule_vectors.json")
@@ -202,3 +209,163 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         print(f"FAIL {f}")
     print(f"{total - len(failures)}/{total} rule vectors pass")
     return 0 if not failures else 3
+
+
+# -- sync: the reference hub over MQTT (sync/hub/serve.py) -----------------------------------------
+
+
+def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = hs.add_parser("register", help="bind a box identity (its certificate CN) to a site")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--box", required=True, help="the box's certificate CN ([box] device)")
+    p.add_argument("--site", required=True)
+    p.set_defaults(func=cmd_register)
+
+    p = hs.add_parser("serve", help="run the reference hub against an MQTT broker (mTLS)")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--broker", required=True, help="HOST:PORT")
+    p.add_argument("--ca", required=True, type=Path, help="the broker's CA certificate")
+    p.add_argument("--cert", required=True, type=Path, help="the hub's client certificate (CN hub)")
+    p.add_argument("--key", required=True, type=Path)
+    p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.set_defaults(func=cmd_serve)
+
+    p = hs.add_parser("send", help="queue a signed message for a box (delivered when it is up)")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--box", required=True)
+    p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.add_argument("--ttl", type=float, default=600.0, help="seconds the message stays valid")
+    p.add_argument("--id", help="message id (default: random); the box acts on an id once")
+    ss = p.add_subparsers(dest="send_type", required=True, metavar="TYPE")
+    q = ss.add_parser("print", help="a print job for the box's spool")
+    q.add_argument("--template", required=True)
+    q.add_argument("--target", required=True, help="e.g. station:hot or printer:receipt")
+    q.add_argument("--data", default="{}", help="the template's data, a JSON object")
+    q = ss.add_parser("command", help="open_door, reload_config or request_status")
+    q.add_argument("name", choices=protocol.COMMANDS)
+    q.add_argument("--door", type=int, help="open_door: door number (from 1)")
+    q.add_argument("--locker", help="open_door: locker bank name (default: the box's only one)")
+    p.set_defaults(func=cmd_send)
+
+    p = hs.add_parser("status", help="boxes, event counts, last ack, conflicts, refusals")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from sync.hub.store import REGISTRY, register_box
+
+    register_box(args.dir, args.box, args.site)
+    print(f"box {args.box} -> site {args.site} ({args.dir / REGISTRY})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: paho and the hub database are not needed by the box's own commands.
+    from sync.hub.serve import HubServer
+
+    host, sep, port = args.broker.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--broker {args.broker!r}: expected HOST:PORT")
+    logging.getLogger("sync.hub").setLevel(logging.INFO)  # one line per batch
+    server = HubServer(
+        Hub(args.dir),
+        host=host,
+        port=int(port),
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        db_path=args.db,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("sync.hub").info("hub: signal %d, stopping", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _send_body(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.send_type == "print":
+        try:
+            data = json.loads(args.data)
+        except ValueError as err:
+            raise ValueError(f"--data: not JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError("--data: a JSON object")
+        return "print", {"template": args.template, "target": args.target, "data": data}
+    body: dict[str, Any] = {"command": args.name}
+    if args.name == "open_door":
+        if args.door is None or args.door < 1:
+            raise ValueError("open_door needs --door N (from 1)")
+        body["door"] = args.door
+        if args.locker:
+            body["locker"] = args.locker
+    return "command", body
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from sync.hub.serve import queue_message
+    from sync.hub.store import HUB_DB, HubStore
+
+    msg_type, body = _send_body(args)
+    store = HubStore(args.db or args.dir / HUB_DB)
+    try:
+        msg_id = queue_message(store, Hub(args.dir), args.box, msg_type, body, args.ttl, args.id)
+    finally:
+        store.close()
+    print(f"queued {msg_type} {msg_id} for {args.box} (valid {args.ttl:g} s)")
+    return 0
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else datetime.fromtimestamp(at).astimezone().isoformat("T", "seconds")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sync.hub.store import HUB_DB, HubStore
+
+    path = args.db or args.dir / HUB_DB
+    if not path.exists():
+        raise ValueError(f"no hub database at {path}: start `edge hub serve` first")
+    store = HubStore(path, create=False)
+    try:
+        summary = store.summary()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
+        return 0
+    print(f"boxes 设备 ({len(summary['boxes'])}):")
+    for box, b in summary["boxes"].items():
+        ack = b.get("last_ack") or {}
+        print(
+            f"  {box} site={b.get('site', '?')} "
+            f"{'online 在线' if b.get('online') else 'offline 离线'} "
+            f"last_seen={_when(b.get('last_seen'))} events={b.get('events', 0)} "
+            f"acked_through={ack.get('acked_through', '-')} epoch={ack.get('epoch', '-')} "
+            f"downlink_pending={b.get('downlink_pending', 0)}"
+        )
+    conflicts = summary["conflicts"]
+    print(f"conflicts 冲突 ({len(conflicts)}):")
+    for c in conflicts:
+        state = f"resolved: {c['note']}" if c["resolved_at"] else "FLAGGED 待处理"
+        print(
+            f"  {c['id'][:12]} site={c['site']} ticket={c['canonical_id']} list={c['list_id']} "
+            f"{c['box_a']} / {c['box_b']} detected={_when(c['detected_at'])} {state}"
+        )
+    for r in summary["refusals"]:
+        print(f"refused 拒收 {r['box']} {r['reason']} x{r['count']}: {r['last_detail']}")
+    return 0

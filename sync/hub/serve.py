@@ -1,0 +1,474 @@
+"""`edge hub serve`: the reference cloud side of sync protocol v1 (docs/sync.md).
+
+It consumes every registered box's events through the broker, stores them idempotently
+(sync/hub/store.py), acks each stream's contiguous high-water mark, records conflicts and tells
+both boxes, keeps each box's online state, and delivers signed downlink messages from its
+outgoing table. Small on purpose: it shows a cloud team what the boxes expect.
+
+Threads: paho's network thread runs the callbacks, which only put tuples on a queue (and are
+wrapped so an exception cannot kill that thread); one worker thread owns the database and every
+publish(). The MQTT session is persistent (clean_start=False + SessionExpiryInterval, client id
+"hub"), so events published while the hub is down wait in the broker, and incoming messages are
+acked by hand only once stored (manual_ack): a hub stopped mid-batch gets it again.
+
+A downlink message leaves the outgoing table only when the broker accepted it with a plain
+success. "No matching subscribers" (0x10) means the box has no session yet: the message stays and
+is published again when the box reports online, or after RETRY_NO_SUBSCRIBER_S.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.store import transaction
+from sync import protocol
+from sync.hub.issuer import Hub
+from sync.hub.store import HUB_DB, HubStore, load_registry, registry_mtime
+from sync.pki import tls_client_context
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+SESSION_EXPIRY_S = 7 * DAY
+SUBSCRIPTION = "gw/+/up/#"
+TICK_S = 0.2
+RETRY_NO_SUBSCRIBER_S = 5.0
+RETRY_FAILED_S = 30.0
+CONFLICT_TTL_S = 7 * DAY
+NO_MATCHING_SUBSCRIBERS = 0x10
+MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+
+
+def sign_message(
+    hub: Hub, msg_type: str, body: dict[str, Any], ttl_s: float, msg_id: str, now: float
+) -> bytes:
+    """A downlink message signed with the hub's active key (its anchor certificate inside)."""
+    kid = hub.active_kid()
+    return protocol.sign_down(
+        msg_type,
+        body,
+        msg_id=msg_id,
+        issued_at=now,
+        ttl_s=ttl_s,
+        key=hub.signing_key(kid),
+        cert_hex=hub.cert_hex(kid),
+    )
+
+
+def queue_message(
+    store: HubStore,
+    hub: Hub,
+    box: str,
+    msg_type: str,
+    body: dict[str, Any],
+    ttl_s: float,
+    msg_id: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Sign a message and store it for `box` (in its own transaction); return its id. The
+    TTL counts from now: a command queued for a box that comes back too late is dropped."""
+    if msg_type not in protocol.DOWN_TYPES:
+        raise ValueError(f"message type {msg_type!r}: one of {', '.join(protocol.DOWN_TYPES)}")
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    msg_id = msg_id or secrets.token_hex(16)
+    if not MSG_ID.fullmatch(msg_id):
+        raise ValueError(f"message id {msg_id!r}: 1-100 of A-Z a-z 0-9 . _ : -")
+    protocol.box_of(protocol.down_msg(box))  # raises ProtocolError for an impossible box id
+    t = time.time() if now is None else now
+    payload = sign_message(hub, msg_type, body, ttl_s, msg_id, t)
+    with transaction(store.conn):
+        if not store.queue_down(msg_id, box, msg_type, payload, t, ttl_s):
+            raise ValueError(f"message id {msg_id} is already queued")
+    return msg_id
+
+
+def _guard(name: str, fn: Callable[..., None]) -> Callable[..., None]:
+    """A paho callback that can never raise into the network thread."""
+
+    def wrapper(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("hub: %s callback failed", name)
+
+    return wrapper
+
+
+class HubServer:
+    """The hub's MQTT side. start() then close() (idempotent); send() from any thread."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        host: str,
+        port: int,
+        ca: Path,
+        cert: Path,
+        key: Path,
+        db_path: Path | None = None,
+        registry: Mapping[str, str] | None = None,
+        client_id: str = "hub",
+        session_expiry_s: int = SESSION_EXPIRY_S,
+        keepalive: int = 30,
+    ) -> None:
+        self.hub = hub
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.db_path = db_path or hub.dir / HUB_DB
+        self._fixed = dict(registry) if registry is not None else None
+        self._registry: dict[str, str] = dict(self._fixed or {})
+        self._registry_mtime = -1.0
+        self._session_expiry_s = session_expiry_s
+        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        self._client.tls_set_context(tls_client_context(ca, cert, key))
+        self._client.max_inflight_messages_set(protocol.MAX_IN_FLIGHT)
+        self._client.reconnect_delay_set(1, 10)
+        c = self._client
+        c.on_connect = _guard("connect", self._cb_connect)
+        c.on_disconnect = _guard("disconnect", self._cb_disconnect)
+        c.on_message = _guard("message", self._cb_message)
+        c.on_publish = _guard("publish", self._cb_publish)
+        c.on_subscribe = _guard("subscribe", self._cb_subscribe)
+        # Worker state: touched only by the worker thread.
+        self._store: HubStore | None = None
+        self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (message id, box)
+        self._retry_at: dict[str, tuple[str, float]] = {}  # message id -> (box, when)
+        self._next_tick = 0.0
+        self._worker: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> HubServer:
+        if self._worker is not None:
+            raise RuntimeError("hub server already started")
+        ready = threading.Event()
+        self._worker = threading.Thread(target=self._run, args=(ready,), name="hub-worker")
+        self._worker.start()
+        ready.wait()
+        if self._start_error is not None:
+            self._worker.join()
+            raise self._start_error
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry_s
+        self._client.connect_async(
+            self.host, self.port, self.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until connected and subscribed (or the session already held the subscription)."""
+        if not self.subscribed.wait(timeout):
+            raise TimeoutError(f"hub not subscribed to {SUBSCRIPTION} after {timeout} s")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            # Messages still queued were never acked: the broker delivers them again.
+            self._q.put(("stop",))
+            self._worker.join()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: events_new, events_duplicate, batches, conflicts, refused_<reason>..."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def send(
+        self,
+        box: str,
+        msg_type: str,
+        body: dict[str, Any],
+        ttl_s: float,
+        msg_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> str:
+        """Sign and queue a downlink message (stored before it is published); its id."""
+        if self._worker is None or self._closed:
+            raise RuntimeError("hub server is not running")
+        fut: Future[str] = Future()
+        self._q.put(("send", box, msg_type, body, ttl_s, msg_id, fut))
+        return fut.result(timeout)
+
+    # -- paho callbacks (network thread: enqueue only) -------------------------------------------
+
+    def _cb_connect(self, _c: Any, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        self._q.put(("connect", bool(flags.session_present), rc))
+
+    def _cb_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.connected.clear()
+        self._q.put(("disconnect", rc))
+
+    def _cb_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._q.put(("message", msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    def _cb_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._q.put(("puback", mid, rc))
+
+    def _cb_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        if all(not rc.is_failure for rc in rcs):
+            self.subscribed.set()
+        else:
+            log.error("hub: subscription to %s refused: %s", SUBSCRIPTION, rcs)
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        try:
+            self._store = HubStore(self.db_path)
+        except BaseException as err:
+            self._start_error = err
+            ready.set()
+            return
+        ready.set()
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=TICK_S)
+                except queue.Empty:
+                    item = None
+                if item is not None and item[0] == "stop":
+                    break
+                try:
+                    if item is not None:
+                        self._handle(item)
+                    if time.monotonic() >= self._next_tick:
+                        self._next_tick = time.monotonic() + TICK_S
+                        self._tick()
+                except Exception:
+                    log.exception("hub: handling %s failed", item[0] if item else "tick")
+        finally:
+            self._store.close()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] += n
+
+    def _db(self) -> HubStore:
+        assert self._store is not None
+        return self._store
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "message":
+            _, topic, payload, mid, qos = item
+            try:
+                self._on_message(topic, payload)
+            finally:
+                # Only now: stored, or refused for good. After a failure too: the box resends
+                # what was not app-acked, and an unacked message would hold a broker slot.
+                if qos > 0:
+                    self._client.ack(mid, qos)
+        elif kind == "puback":
+            self._on_puback(item[1], item[2])
+        elif kind == "send":
+            _, box, msg_type, body, ttl_s, msg_id, fut = item
+            try:
+                fut.set_result(
+                    queue_message(self._db(), self.hub, box, msg_type, body, ttl_s, msg_id)
+                )
+            except Exception as err:
+                fut.set_exception(err)
+            self._next_tick = 0.0
+        elif kind == "connect":
+            self._on_connect(item[1], item[2])
+        elif kind == "disconnect":
+            log.warning("hub: disconnected from the broker (%s)", item[1])
+            self._inflight.clear()
+
+    def _on_connect(self, session_present: bool, rc: ReasonCode) -> None:
+        if rc.is_failure:
+            log.error("hub: broker refused the connection: %s", rc)
+            return
+        log.info(
+            "hub: connected to %s:%d (session present: %s)", self.host, self.port, session_present
+        )
+        self._inflight.clear()  # republished below; a box drops a second copy by id
+        self.connected.set()
+        if session_present:
+            self.subscribed.set()
+        else:
+            self._client.subscribe(SUBSCRIPTION, qos=1)
+        self._next_tick = 0.0
+
+    def _tick(self) -> None:
+        self._reload_registry()
+        self._flush(time.time())
+
+    def _reload_registry(self) -> None:
+        if self._fixed is not None:
+            return
+        mtime = registry_mtime(self.hub.dir)
+        if mtime != self._registry_mtime:
+            self._registry_mtime = mtime
+            self._registry = load_registry(self.hub.dir)
+            log.info("hub: %d boxes registered", len(self._registry))
+
+    def _site_of(self, box: str) -> str | None:
+        if box not in self._registry:
+            self._reload_registry()  # `edge hub register` may have just added it
+        return self._registry.get(box)
+
+    # -- uplink --------------------------------------------------------------------------------
+
+    def _refuse(self, box: str, reason: str, detail: str) -> None:
+        self._count(f"refused_{reason}")
+        log.warning("hub: refused a message from %s: %s (%s)", box, reason, detail)
+        with transaction(self._db().conn):
+            self._db().refuse(box, reason, detail, time.time())
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            box = protocol.box_of(topic)
+        except protocol.ProtocolError as err:
+            self._refuse("?", err.reason, err.detail)
+            return
+        what = topic.split("/", 2)[2]
+        if what == "up/status" and not payload:
+            return  # a retained status being cleared
+        site = self._site_of(box)
+        if site is None:
+            self._refuse(box, "unknown_box", f"{box} is not in the registry ({what})")
+        elif what == "up/events":
+            self._on_events(box, site, payload)
+        elif what == "up/status":
+            self._on_status(box, site, payload)
+        else:
+            self._refuse(box, "unknown_topic", topic[:120])
+
+    def _on_events(self, box: str, site: str, payload: bytes) -> None:
+        try:
+            batch = protocol.parse_batch(payload, box)
+        except protocol.ProtocolError as err:
+            self._refuse(box, err.reason, err.detail)
+            return
+        if batch.site != site:
+            self._refuse(box, "wrong_site", f"batch names {batch.site!r}; registered to {site!r}")
+            return
+        now = time.time()
+        store = self._db()
+        with transaction(store.conn):
+            res = store.store_batch(batch, site, now)
+            for conflict in res.conflicts:
+                for side in conflict.sides:
+                    target = str(side["box"])
+                    msg_id = f"conflict-{conflict.id[:24]}-{target}"
+                    payload_down = sign_message(
+                        self.hub, "conflict", conflict.body(), CONFLICT_TTL_S, msg_id, now
+                    )
+                    store.queue_down(msg_id, target, "conflict", payload_down, now, CONFLICT_TTL_S)
+        self._count("batches")
+        self._count("events_new", res.new)
+        self._count("events_duplicate", res.duplicates)
+        self._count("conflicts", len(res.conflicts))
+        first, last = batch.events[0].seq, batch.events[-1].seq
+        log.info(
+            "batch box=%s epoch=%s seq=%d-%d new=%d dup=%d acked_through=%d",
+            *(box, batch.epoch, first, last, res.new, res.duplicates, res.acked_through),
+        )
+        for c in res.conflicts:
+            boxes = " and ".join(str(side["box"]) for side in c.sides)
+            log.warning(
+                "conflict %s: %s (%s) used on %s", c.id[:12], c.canonical_id, c.list_id, boxes
+            )
+        if self.connected.is_set():
+            ack = protocol.encode_ack(batch.epoch, res.acked_through, time.time())
+            self._client.publish(protocol.down_ack(box), ack, qos=1)
+        if res.conflicts:
+            self._next_tick = 0.0
+
+    def _on_status(self, box: str, site: str, payload: bytes) -> None:
+        try:
+            doc = protocol.load(payload)
+        except protocol.ProtocolError as err:
+            self._refuse(box, err.reason, err.detail)
+            return
+        state = doc.get("state")
+        if state not in ("online", "offline"):
+            self._refuse(box, "malformed", f"status state {state!r}")
+            return
+        with transaction(self._db().conn):
+            self._db().set_status(box, site, doc, time.time())
+        log.info("box %s is %s", box, state)
+        if state == "online":
+            # Its session exists now: what "no matching subscribers" held back goes again.
+            for msg_id in [m for m, (b, _) in self._retry_at.items() if b == box]:
+                del self._retry_at[msg_id]
+            self._next_tick = 0.0
+
+    # -- downlink ------------------------------------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        if not self.connected.is_set():
+            return
+        busy = {m for m, _ in self._inflight.values()}
+        for msg_id, box, payload in self._db().pending_down(now):
+            if len(self._inflight) >= protocol.MAX_IN_FLIGHT:
+                return
+            retry = self._retry_at.get(msg_id)
+            if msg_id in busy or (retry is not None and retry[1] > now):
+                continue
+            info = self._client.publish(protocol.down_msg(box), payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # disconnected: everything waits for the next connect
+            self._inflight[info.mid] = (msg_id, box)
+
+    def _on_puback(self, mid: int, rc: ReasonCode) -> None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
+            return  # an ack, or a message from before a reconnect
+        msg_id, box = sent
+        now = time.time()
+        store = self._db()
+        if rc.value == NO_MATCHING_SUBSCRIBERS:
+            self._retry_at[msg_id] = (box, now + RETRY_NO_SUBSCRIBER_S)
+            reason, accepted = "no_subscribers", False
+            log.info("downlink %s for %s: box has no session yet; kept", msg_id, box)
+        elif rc.is_failure:
+            self._retry_at[msg_id] = (box, now + RETRY_FAILED_S)
+            reason, accepted = f"refused:{rc}", False
+            log.warning("downlink %s for %s refused by the broker: %s", msg_id, box, rc)
+        else:
+            self._retry_at.pop(msg_id, None)
+            reason, accepted = "accepted", True
+            self._count("downlink_sent")
+        with transaction(store.conn):
+            store.mark_down(msg_id, now, reason, accepted)

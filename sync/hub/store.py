@@ -1,0 +1,446 @@
+"""The reference hub's database (hub.db) and its box registry (boxes.json).
+
+One connection, owned by the hub's worker thread (sync/hub/serve.py); `edge hub send` and
+`edge hub status` open their own (WAL lets them run beside a serving hub). Every write happens
+inside `edge.store.transaction`, so a batch's events, its stream's high-water mark, any conflict
+it reveals and the conflict messages for the boxes are committed together or not at all.
+
+Events are keyed on (box, epoch, seq) and deduplicated on their id: a batch published twice, or
+resent after a lost ack, stores nothing the second time. The ack is the highest seq up to which
+the hub holds every event of the stream, counted from the lowest seq it has seen for that epoch
+(a box whose acked rows were pruned before this hub first saw it starts above 1).
+
+Conflict rule (docs/sync.md "Conflicts"): two entry redemptions of the same canonical id on the
+same list, on two different boxes of one site, neither voided nor forced, where the ticket is
+single-use (the event body carries no `entries`, or `entries` == 1). Multi-entry tickets are not
+checked here: the boxes count their entries against the site's "used" delta. A conflict is a fact
+row with a flag; both redemptions stay in history. A later void of either side marks it resolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.store import Schema, open_db
+from sync.pki import CN_RE, write_atomic
+from sync.protocol import Batch
+
+log = logging.getLogger(__name__)
+
+HUB_DB = "hub.db"
+REGISTRY = "boxes.json"
+
+HUB_SCHEMA = Schema(
+    "hub",
+    [
+        """
+        CREATE TABLE events (
+            box TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+            id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, at REAL NOT NULL, body TEXT NOT NULL,
+            redemption_id TEXT, received_at REAL NOT NULL,
+            PRIMARY KEY (box, epoch, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE streams (
+            box TEXT NOT NULL, epoch TEXT NOT NULL,
+            first_seq INTEGER NOT NULL, acked_through INTEGER NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (box, epoch)
+        ) WITHOUT ROWID;
+        CREATE TABLE boxes (
+            box TEXT PRIMARY KEY, site TEXT NOT NULL DEFAULT '',
+            online INTEGER NOT NULL DEFAULT 0, last_seen REAL,
+            status TEXT NOT NULL DEFAULT '{}'
+        ) WITHOUT ROWID;
+        CREATE TABLE redemptions (
+            id TEXT PRIMARY KEY, box TEXT NOT NULL, site TEXT NOT NULL DEFAULT '',
+            canonical_id TEXT, list_id TEXT, direction TEXT,
+            single_use INTEGER NOT NULL DEFAULT 1, forced INTEGER NOT NULL DEFAULT 0,
+            event_id TEXT, at REAL, voided INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE INDEX redemptions_by_code ON redemptions (site, canonical_id, list_id);
+        CREATE TABLE conflicts (
+            id TEXT PRIMARY KEY, site TEXT NOT NULL, canonical_id TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            box_a TEXT NOT NULL, event_a TEXT NOT NULL, redemption_a TEXT NOT NULL,
+            box_b TEXT NOT NULL, event_b TEXT NOT NULL, redemption_b TEXT NOT NULL,
+            detected_at REAL NOT NULL, resolved_at REAL, note TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        CREATE TABLE outgoing (
+            id TEXT PRIMARY KEY, box TEXT NOT NULL, type TEXT NOT NULL, payload BLOB NOT NULL,
+            created_at REAL NOT NULL, expires_at REAL NOT NULL,
+            accepted_at REAL, attempts INTEGER NOT NULL DEFAULT 0,
+            last_reason TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        CREATE INDEX outgoing_pending ON outgoing (accepted_at, created_at);
+        CREATE TABLE refusals (
+            box TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+            last_at REAL NOT NULL, last_detail TEXT NOT NULL,
+            PRIMARY KEY (box, reason)
+        ) WITHOUT ROWID;
+        """,
+    ],
+)
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+
+def load_registry(hub_dir: Path) -> dict[str, str]:
+    """box id -> site, from hub_dir/boxes.json (empty when absent)."""
+    path = hub_dir / REGISTRY
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {str(k): str(v) for k, v in doc.get("boxes", {}).items()}
+
+
+def register_box(hub_dir: Path, box: str, site: str) -> None:
+    """Bind a box identity (its certificate CN) to its site; a serving hub picks it up."""
+    if not CN_RE.fullmatch(box):
+        raise ValueError(f"box id {box!r}: letters, digits, '.', '_', '-' (at most 64)")
+    if not site or "/" in site:
+        raise ValueError(f"site {site!r}: a non-empty name without '/'")
+    boxes = load_registry(hub_dir) | {box: site}
+    doc = {"v": 1, "boxes": dict(sorted(boxes.items()))}
+    write_atomic(hub_dir / REGISTRY, json.dumps(doc, indent=1).encode())
+
+
+def registry_mtime(hub_dir: Path) -> float:
+    try:
+        return os.stat(hub_dir / REGISTRY).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conflict:
+    id: str
+    site: str
+    canonical_id: str
+    list_id: str
+    sides: tuple[dict[str, Any], dict[str, Any]]  # box, event_id, redemption_id, at
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "conflict_id": self.id,
+            "site": self.site,
+            "canonical_id": self.canonical_id,
+            "list_id": self.list_id,
+            "redemptions": list(self.sides),
+            "rule": "single-use ticket redeemed on two boxes",
+        }
+
+
+@dataclass
+class BatchResult:
+    new: int = 0
+    duplicates: int = 0
+    acked_through: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+class HubStore:
+    """hub.db. Not thread-safe: one owner thread per instance."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection = open_db(path, HUB_SCHEMA, create=create)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- events (call inside a transaction) ------------------------------------------------------
+
+    def store_batch(self, batch: Batch, site: str, now: float) -> BatchResult:
+        res = BatchResult()
+        c = self.conn
+        redemptions: list[str] = []
+        for e in batch.events:
+            cur = c.execute(
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (
+                    batch.box,
+                    batch.epoch,
+                    e.seq,
+                    e.id,
+                    e.type,
+                    e.at,
+                    json.dumps(e.body, ensure_ascii=False, sort_keys=True),
+                    e.redemption_id,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                res.duplicates += 1
+                self._check_duplicate(batch, e.seq, e.id)
+                continue
+            res.new += 1
+            rid = self._track_redemption(batch.box, site, e.type, e.id, e.at, e.body)
+            if rid:
+                redemptions.append(rid)
+        res.acked_through = self._advance(batch, now)
+        c.execute(
+            "INSERT INTO boxes (box, site, last_seen) VALUES (?, ?, ?) ON CONFLICT (box) DO "
+            "UPDATE SET site = excluded.site, last_seen = excluded.last_seen",
+            (batch.box, site, now),
+        )
+        # After the whole batch, so a pending redemption voided in the same batch is no conflict.
+        for rid in redemptions:
+            res.conflicts += self._detect(rid, now)
+        return res
+
+    def _check_duplicate(self, batch: Batch, seq: int, eid: str) -> None:
+        row = self.conn.execute(
+            "SELECT id FROM events WHERE box = ? AND epoch = ? AND seq = ?",
+            (batch.box, batch.epoch, seq),
+        ).fetchone()
+        if row is not None and row[0] != eid:
+            # The first one stays; a box reusing a seq is a bug on the box worth a loud line.
+            log.warning(
+                "box %s epoch %s seq %d sent again with another id (%s, kept %s)",
+                batch.box,
+                batch.epoch,
+                seq,
+                eid,
+                row[0],
+            )
+
+    def _advance(self, batch: Batch, now: float) -> int:
+        """The stream's new contiguous high-water mark."""
+        c = self.conn
+        low = batch.events[0].seq
+        row = c.execute(
+            "SELECT first_seq, acked_through FROM streams WHERE box = ? AND epoch = ?",
+            (batch.box, batch.epoch),
+        ).fetchone()
+        if row is None:
+            if low > 1:
+                log.warning(
+                    "box %s epoch %s: first batch seen starts at seq %d (earlier events acked "
+                    "by another hub database, or pruned)",
+                    batch.box,
+                    batch.epoch,
+                    low,
+                )
+            first, acked = low, low - 1
+        else:
+            first, acked = int(row[0]), int(row[1])
+            if low < first:
+                first = low
+                acked = min(acked, low - 1)
+        for (seq,) in c.execute(
+            "SELECT seq FROM events WHERE box = ? AND epoch = ? AND seq > ? ORDER BY seq",
+            (batch.box, batch.epoch, acked),
+        ):
+            if seq != acked + 1:
+                break
+            acked = seq
+        c.execute(
+            "INSERT INTO streams VALUES (?, ?, ?, ?, ?) ON CONFLICT (box, epoch) DO UPDATE SET "
+            "first_seq = excluded.first_seq, acked_through = excluded.acked_through, "
+            "last_at = excluded.last_at",
+            (batch.box, batch.epoch, first, acked, now),
+        )
+        return acked
+
+    def _track_redemption(
+        self, box: str, site: str, etype: str, eid: str, at: float, body: dict[str, Any]
+    ) -> str | None:
+        """Keep what conflict detection needs; return the id of a new redemption to check."""
+        c = self.conn
+        if etype == "redemption" and isinstance(body.get("id"), str):
+            entries = body.get("entries", 1)
+            c.execute(
+                "INSERT INTO redemptions (id, box, site, canonical_id, list_id, direction, "
+                "single_use, forced, event_id, at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET box = excluded.box, site = excluded.site, "
+                "canonical_id = excluded.canonical_id, list_id = excluded.list_id, "
+                "direction = excluded.direction, single_use = excluded.single_use, "
+                "forced = excluded.forced, event_id = excluded.event_id, at = excluded.at",
+                (
+                    body["id"],
+                    box,
+                    site,
+                    body.get("canonical_id"),
+                    body.get("list_id", body.get("list")),
+                    body.get("direction", "entry"),
+                    int(entries == 1),
+                    int(bool(body.get("forced"))),
+                    eid,
+                    at,
+                ),
+            )
+            voided = body.get("state") == "voided"
+            if voided:
+                self._void(body["id"], box, at)
+            return None if voided else str(body["id"])
+        if etype == "redemption_voided" and isinstance(body.get("redemption_id"), str):
+            # A void may overtake its redemption on a resend: remember it either way.
+            c.execute(
+                "INSERT INTO redemptions (id, box, voided) VALUES (?, ?, 1) "
+                "ON CONFLICT (id) DO UPDATE SET voided = 1",
+                (body["redemption_id"], box),
+            )
+            self._void(body["redemption_id"], box, at)
+        return None
+
+    def _void(self, rid: str, box: str, at: float) -> None:
+        self.conn.execute("UPDATE redemptions SET voided = 1 WHERE id = ?", (rid,))
+        self.conn.execute(
+            "UPDATE conflicts SET resolved_at = ?, note = ? WHERE resolved_at IS NULL "
+            "AND (redemption_a = ? OR redemption_b = ?)",
+            (at, f"redemption {rid} voided on {box}", rid, rid),
+        )
+
+    def _detect(self, rid: str, now: float) -> list[Conflict]:
+        c = self.conn
+        me = c.execute(
+            "SELECT box, site, canonical_id, list_id, event_id, at FROM redemptions WHERE id = ? "
+            "AND voided = 0 AND forced = 0 AND single_use = 1 AND direction = 'entry' "
+            "AND canonical_id IS NOT NULL",
+            (rid,),
+        ).fetchone()
+        if me is None:
+            return []
+        box, site, cid, lst, eid, at = me
+        others = c.execute(
+            "SELECT id, box, event_id, at FROM redemptions WHERE site = ? AND canonical_id = ? "
+            "AND list_id IS ? AND box != ? AND voided = 0 AND forced = 0 AND single_use = 1 "
+            "AND direction = 'entry' ORDER BY at",
+            (site, cid, lst, box),
+        ).fetchall()
+        out = []
+        for orid, obox, oeid, oat in others:
+            mine = {"box": box, "event_id": eid, "redemption_id": rid, "at": at}
+            theirs = {"box": obox, "event_id": oeid, "redemption_id": orid, "at": oat}
+            a, b = sorted((mine, theirs), key=lambda s: str(s["event_id"]))
+            conflict_id = hashlib.sha256(f"{a['event_id']}|{b['event_id']}".encode()).hexdigest()
+            cur = c.execute(
+                "INSERT INTO conflicts (id, site, canonical_id, list_id, box_a, event_a, "
+                "redemption_a, box_b, event_b, redemption_b, detected_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (
+                    conflict_id[:32],
+                    site,
+                    cid,
+                    lst or "",
+                    a["box"],
+                    a["event_id"],
+                    a["redemption_id"],
+                    b["box"],
+                    b["event_id"],
+                    b["redemption_id"],
+                    now,
+                ),
+            )
+            if cur.rowcount:
+                out.append(Conflict(conflict_id[:32], site, cid, lst or "", (a, b)))
+        return out
+
+    # -- boxes and refusals --------------------------------------------------------------------
+
+    def set_status(self, box: str, site: str, doc: dict[str, Any], now: float) -> None:
+        online = int(doc.get("state") == "online")
+        self.conn.execute(
+            "INSERT INTO boxes (box, site, online, last_seen, status) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (box) DO UPDATE SET site = excluded.site, online = excluded.online, "
+            "last_seen = excluded.last_seen, status = excluded.status",
+            (box, site, online, now, json.dumps(doc, sort_keys=True)),
+        )
+
+    def refuse(self, box: str, reason: str, detail: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO refusals VALUES (?, ?, 1, ?, ?) ON CONFLICT (box, reason) DO UPDATE SET "
+            "count = count + 1, last_at = excluded.last_at, last_detail = excluded.last_detail",
+            (box, reason, now, detail[:200]),
+        )
+
+    # -- downlink ------------------------------------------------------------------------------
+
+    def queue_down(
+        self, msg_id: str, box: str, msg_type: str, payload: bytes, now: float, ttl_s: float
+    ) -> bool:
+        """Store a signed message for a box; False when that id is already queued."""
+        cur = self.conn.execute(
+            "INSERT INTO outgoing (id, box, type, payload, created_at, expires_at) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (msg_id, box, msg_type, payload, now, now + ttl_s),
+        )
+        return cur.rowcount > 0
+
+    def pending_down(self, now: float, limit: int = 200) -> list[tuple[str, str, bytes]]:
+        """(id, box, payload) of messages the broker has not accepted yet, oldest first."""
+        rows = self.conn.execute(
+            "SELECT id, box, payload FROM outgoing WHERE accepted_at IS NULL AND expires_at > ? "
+            "ORDER BY created_at LIMIT ?",
+            (now, limit),
+        )
+        return [(str(i), str(b), bytes(p)) for i, b, p in rows]
+
+    def mark_down(self, msg_id: str, now: float, reason: str, accepted: bool) -> None:
+        self.conn.execute(
+            "UPDATE outgoing SET attempts = attempts + 1, last_reason = ?, "
+            "accepted_at = CASE WHEN ? THEN ? ELSE accepted_at END WHERE id = ?",
+            (reason, int(accepted), now, msg_id),
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def events(self, box: str) -> list[tuple[str, int, str, str]]:
+        """(epoch, seq, id, type) of a box's stored events, in stream order."""
+        rows = self.conn.execute(
+            "SELECT epoch, seq, id, type FROM events WHERE box = ? ORDER BY epoch, seq", (box,)
+        )
+        return [(str(e), int(s), str(i), str(t)) for e, s, i, t in rows]
+
+    def acked_through(self, box: str, epoch: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT acked_through FROM streams WHERE box = ? AND epoch = ?", (box, epoch)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM conflicts ORDER BY detected_at, id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def summary(self) -> dict[str, Any]:
+        """What `edge hub status` prints."""
+        c = self.conn
+        boxes: dict[str, dict[str, Any]] = {}
+        for box, site, online, seen in c.execute(
+            "SELECT box, site, online, last_seen FROM boxes ORDER BY box"
+        ):
+            boxes[box] = {"site": site, "online": bool(online), "last_seen": seen}
+        for box, n in c.execute("SELECT box, count(*) FROM events GROUP BY box"):
+            boxes.setdefault(box, {})["events"] = int(n)
+        for box, epoch, acked, at in c.execute(
+            "SELECT box, epoch, acked_through, last_at FROM streams ORDER BY last_at"
+        ):
+            boxes.setdefault(box, {})["last_ack"] = {
+                "epoch": epoch,
+                "acked_through": acked,
+                "at": at,
+            }
+        pending = c.execute(
+            "SELECT box, count(*) FROM outgoing WHERE accepted_at IS NULL GROUP BY box"
+        )
+        for box, n in pending:
+            boxes.setdefault(box, {})["downlink_pending"] = int(n)
+        refusals = [
+            {"box": b, "reason": r, "count": n, "last_detail": d}
+            for b, r, n, d in c.execute(
+                "SELECT box, reason, count, last_detail FROM refusals ORDER BY box, reason"
+            )
+        ]
+        return {"boxes": boxes, "conflicts": self.conflicts(), "refusals": refusals}
