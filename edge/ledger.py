@@ -169,6 +169,19 @@ LEDGER_SCHEMA = Schema(
         DROP TABLE locker_doors;
         ALTER TABLE locker_doors_v4 RENAME TO locker_doors;
         """,
+        # 5: the inbox of downlink messages from the cloud (sync/link_store.py): stored before
+        # the broker's PUBACK so a crash re-delivers instead of losing one; handled once by id.
+        """
+        CREATE TABLE inbox (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            handled_at REAL,
+            result TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX inbox_unhandled ON inbox (received_at) WHERE handled_at IS NULL;
+        """,
     ],
 )
 

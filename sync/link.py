@@ -1,0 +1,517 @@
+"""The box's side of the cloud link (docs/sync.md): outbox events up, signed messages down.
+
+Threads. paho's network thread runs every callback; the callbacks only put a tuple on a queue
+(each is wrapped so that nothing can raise into paho and kill its thread). ONE worker thread, the
+link's own, owns everything else: publish(), the batches in flight, the store (LinkStore: its
+SQLite connection lives on this thread), the downlink's verification and manual acks.
+
+Uplink. The outbox is the only source of truth (paho's queue is memory only). The worker reads
+events after the last seq it handed out, groups consecutive seqs into batches of at most 128 KB
+(protocol.batches), keeps at most MAX_IN_FLIGHT awaiting a broker PUBACK and at most WINDOW
+awaiting the hub's ack. A failure PUBACK puts the batch back (retried with backoff); a success
+PUBACK only means the broker has it (0x10 "no matching subscribers" is a success). Rows leave the
+outbox only when the hub's application ack names them; a batch not acked `resend_after` seconds
+after it was sent goes again (the hub dedupes by (epoch, seq)). After a reconnect without a
+session, what was sent but not acked is sent again at once.
+
+Downlink (manual ack). Verified (protocol.verify_down), stored in the inbox, THEN acknowledged;
+then `on_down` if it was new. A message that cannot be stored is not acknowledged, so the broker
+delivers it again after the next reconnect. A refused message (unsigned, bad signature, expired,
+unknown version...) is logged, counted by reason and acknowledged anyway: redelivering it forever
+would help no one.
+
+Reconnects: paho waits a fixed second; `_pre_connect` adds an exponential, jittered wait on
+top, so a fleet does not reconnect in lockstep after a cloud outage.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.trust import TrustAnchor
+from sync import protocol
+from sync.link_store import LedgerLinkStore, LinkStore, OutboxReader
+from sync.pki import tls_client_context
+from sync.protocol import MAX_IN_FLIGHT, Down, ProtocolError
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 86400  # a box offline for up to a day still gets what was sent meanwhile
+RESEND_AFTER_S = 30.0
+WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
+POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
+STOP_STATUS_WAIT_S = 2.0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("edge-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class _Flight:
+    """One batch between its first send and the hub's ack."""
+
+    first: int
+    last: int
+    payload: bytes
+    mid: int | None = None  # awaiting a broker PUBACK under this mid
+    sent_at: float = 0.0
+    due_at: float = 0.0  # (re)send when still unacked at this time
+    failures: int = 0
+
+
+class Link:
+    def __init__(
+        self,
+        store: LinkStore,
+        *,
+        host: str,
+        port: int,
+        ca: Path,
+        cert: Path,
+        key: Path,
+        anchor: TrustAnchor,
+        on_down: Callable[[Down], None],
+        on_refused: Callable[[str, str], None] | None = None,
+        keepalive: int = 30,
+        clock: Callable[[], float] = time.time,
+        resend_after: float = RESEND_AFTER_S,
+        backoff_max: float = 60.0,
+        status_extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """`on_down(down)` and `on_refused(reason, detail)` run on the link's thread: hand the
+        work over (e.g. loop.call_soon_threadsafe), do not block. `status_extra()` adds fields
+        (e.g. cache_seq) to the retained online status."""
+        self.store = store
+        self.box = store.box
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.anchor = anchor
+        self.on_down, self.on_refused = on_down, on_refused
+        self.clock = clock
+        self.resend_after = resend_after
+        self.backoff_max = backoff_max
+        self.status_extra = status_extra
+        self.version = _version()
+        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards _st (read by status() from any thread)
+        self._st: dict[str, Any] = dict.fromkeys(
+            ("since", "outbox", "last_ack_at", "clock_offset_s", "last_error")
+        )
+        self._st.update(connected=False, refused={}, acked_through=0, pending_acks=0)
+        self._st.update(dict.fromkeys(("in_flight", "sent_batches", "resent_batches"), 0))
+        self._st.update(received=0, duplicates=0, publish_refused=0)
+        self._worker: threading.Thread | None = None
+        self._state = "new"  # new -> started -> stopped
+        # Network-thread-only: connection generation and reconnect attempts since the last
+        # successful CONNACK (for the jittered backoff).
+        self._cb_gen = 0
+        self._attempts = 0
+        # Worker-only state.
+        self._connected = False
+        self._since = 0.0
+        self._acked = 0
+        self._reader = OutboxReader(store)
+        self._flights: dict[int, _Flight] = {}  # by first seq
+        self._by_mid: dict[int, int] = {}
+        self._offset = 0.0
+        self._status_mid: int | None = None
+        self._last_poll = 0.0
+        self._client = self._make_client(ca, cert, key)
+
+    # -- paho ----------------------------------------------------------------------------------
+
+    def _make_client(self, ca: Path, cert: Path, key: Path) -> mqtt.Client:
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.box,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        c.tls_set_context(tls_client_context(ca, cert, key))
+        c.will_set(protocol.up_status(self.box), _status_doc("offline"), qos=1, retain=True)
+        c.max_inflight_messages_set(MAX_IN_FLIGHT)
+        c.reconnect_delay_set(1, 1)  # the growing, jittered part is _pre_connect's
+        c.on_log = self._guard(self._on_log)
+        c.on_pre_connect = self._guard(self._pre_connect, passthrough=OSError)
+        c.on_connect = self._guard(self._on_connect)
+        c.on_disconnect = self._guard(self._on_disconnect)
+        c.on_publish = self._guard(self._on_publish)
+        c.on_subscribe = self._guard(self._on_subscribe)
+        c.on_message = self._guard(self._on_message)
+        return c
+
+    @staticmethod
+    def _guard(
+        fn: Callable[..., None], passthrough: type[Exception] | None = None
+    ) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as err:
+                if passthrough is not None and isinstance(err, passthrough):
+                    raise  # _pre_connect's "stopping": paho counts it as a failed connect
+                log.exception("link callback %s failed", fn.__name__)
+
+        return guarded
+
+    def _on_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
+        # paho 2.2 logs a clean disconnect as an ERROR ("Client is not connected"): not one.
+        if level == mqtt.MQTT_LOG_ERR and not self._stop.is_set():
+            log.error("paho: %s", text)
+        elif level == mqtt.MQTT_LOG_WARNING:
+            log.warning("paho: %s", text)
+        else:
+            log.debug("paho: %s", text)
+
+    def _pre_connect(self, _c: Any, _u: Any) -> None:
+        # Every attempt but a process's first waits: a reconnect after a cloud outage too,
+        # or every box of a fleet would come back in the same second.
+        if self._cb_gen or self._attempts:
+            self._stop.wait(backoff_delay(self._attempts, self.backoff_max))
+        if self._stop.is_set():
+            raise OSError("link stopping")
+        self._attempts += 1
+
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        if not rc.is_failure:
+            self._attempts = 0
+            self._cb_gen += 1
+        self._q.put(("connect", rc, bool(flags.session_present)))
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._q.put(("disconnect", rc))
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._q.put(("puback", mid, rc))
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        self._q.put(("suback", rcs))
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._q.put(("message", self._cb_gen, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"link already {self._state}")
+        self._state = "started"
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._worker = threading.Thread(target=self._run, name=f"link-{self.box}", daemon=True)
+        self._worker.start()
+        self._client.connect_async(
+            self.host, self.port, self.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+
+    def notify(self) -> None:
+        """New rows in the outbox: wake the publisher. Any thread."""
+        self._q.put(("notify",))
+
+    def stop(self) -> None:
+        """Publish a clean offline status, disconnect (no last will), join both threads.
+        Idempotent; any thread but the link's own."""
+        with self._lock:
+            state, self._state = self._state, "stopped"
+        if state != "started":
+            return
+        self._stop.set()
+        self._q.put(("stop",))
+        if self._worker is not None:
+            self._worker.join()
+        self._client.loop_stop()
+        self._client.disconnect()  # closes a socket left by a connect that raced the stop
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            st = dict(self._st)
+            st["refused"] = dict(self._st["refused"])
+        return st
+
+    def _set(self, **kw: Any) -> None:
+        with self._lock:
+            self._st.update(kw)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._st[key] += n
+
+    def _error(self, text: str) -> None:
+        with self._lock:
+            self._st["last_error"] = {"at": self.clock(), "error": text}
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=self._tick())
+                except queue.Empty:
+                    item = ("tick",)
+                while True:  # handle everything that came in before publishing again
+                    if item[0] == "stop":
+                        self._shutdown()
+                        return
+                    self._safely(self._handle, item)
+                    try:
+                        item = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                self._safely(self._pump)
+        finally:
+            self.store.close()
+
+    def _safely(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as err:
+            # A store error (disk full, locked too long) must not end the link: what was not
+            # done is redone from the outbox and the broker's session.
+            log.exception("link worker error")
+            self._error(f"{type(err).__name__}: {err}")
+            self._stop.wait(1.0)
+
+    def _tick(self) -> float:
+        due = [f.due_at for f in self._flights.values()]
+        nearest = min(due) - self.clock() if due and self._connected else POLL_S
+        return max(0.05, min(POLL_S, nearest))
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "puback":
+            self._puback(item[1], item[2])
+        elif kind == "message":
+            self._message(*item[1:])
+        elif kind == "notify":
+            self._reader.wake()
+        elif kind == "connect":
+            self._connect(item[1], item[2])
+        elif kind == "disconnect":
+            if self._connected:
+                log.warning("link to %s:%d lost: %s", self.host, self.port, item[1])
+                self._error(f"disconnected: {item[1]}")
+            self._connected = False
+            self._set(connected=False)
+        elif kind == "suback" and any(rc.is_failure for rc in item[1]):
+            log.error("subscription to the downlink refused: %s", item[1])
+            self._error(f"subscribe refused: {item[1]}")
+
+    def _connect(self, rc: ReasonCode, session_present: bool) -> None:
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            self._error(f"connect refused: {rc}")
+            return
+        now = self.clock()
+        self._connected, self._since = True, now
+        log.info("link up to %s:%d (session %s)", self.host, self.port, session_present)
+        if not session_present:
+            self._client.subscribe(f"gw/{self.box}/down/#", qos=1)
+        for f in self._flights.values():
+            if f.mid is not None:
+                f.due_at = now + self.resend_after  # paho sends it again itself
+            elif not session_present:
+                f.due_at = now  # the hub's ack may have been lost with the old session
+        self._reader.wake()
+        self._set(connected=True, since=now)
+        extra = self.status_extra() if self.status_extra else {}
+        doc = _status_doc("online", version=self.version, outbox=self.store.depth(), **extra)
+        self._status_mid = self._client.publish(
+            protocol.up_status(self.box), doc, qos=1, retain=True
+        ).mid
+
+    def _puback(self, mid: int, rc: ReasonCode) -> None:
+        first = self._by_mid.pop(mid, None)
+        if first is None:
+            if mid == self._status_mid and rc.is_failure:
+                self._error(f"status refused: {rc}")
+            return  # a batch the hub acked meanwhile, or one sent again under a new mid
+        f = self._flights[first]
+        f.mid = None
+        if rc.is_failure:
+            # e.g. 0x87 not authorized, 0x97 quota: back to pending, retried with backoff
+            f.failures += 1
+            f.due_at = self.clock() + min(self.resend_after, 2.0**f.failures)
+            log.warning("broker refused batch %d-%d: %s", f.first, f.last, rc)
+            self._error(f"publish refused: {rc}")
+            self._count("publish_refused")
+
+    def _ack(self, payload: bytes) -> None:
+        now = self.clock()
+        try:
+            ack = protocol.parse_ack(payload)
+        except ProtocolError as err:
+            self._refused(err.reason, f"ack: {err.detail}")
+            return
+        epoch = self.store.epoch
+        if ack.epoch != epoch:
+            log.info("ignoring an ack for epoch %s (this ledger is %s)", ack.epoch, epoch)
+            return
+        # The offset only from an ack of a batch sent on this connection moments ago, half
+        # the round trip corrected: an ack the broker held while the box was offline carries
+        # an old hub_time and would make the clock look hours wrong.
+        through = ack.acked_through
+        t0 = [f.sent_at for f in self._flights.values() if f.first <= through <= f.last]
+        if t0 and t0[0] >= self._since and now - t0[0] < 10:
+            self._offset = ack.hub_time - (t0[0] + now) / 2
+            self.store.clock(self._offset)
+            self._set(clock_offset_s=self._offset)
+        if ack.acked_through > self._acked:
+            n = self.store.acked(epoch, ack.acked_through)
+            self._acked = ack.acked_through
+            for first in [k for k, f in self._flights.items() if f.last <= self._acked]:
+                f = self._flights.pop(first)
+                if f.mid is not None:
+                    self._by_mid.pop(f.mid, None)
+            self._reader.skip_through(self._acked)
+            log.debug("hub acked through %d (%d rows dropped)", self._acked, n)
+        self._set(
+            acked_through=self._acked,
+            last_ack_at=now,
+            outbox=self.store.depth(),
+        )
+
+    def _message(self, gen: int, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        if topic == protocol.down_ack(self.box):
+            self._ack(payload)
+        elif topic == protocol.down_msg(self.box):
+            if not self._downlink(payload):
+                return  # not stored: no ack, the broker delivers it again after a reconnect
+        else:
+            self._refused("unknown_topic", topic[:120])
+        # A mid belongs to one connection; after a reconnect the broker resends what was not
+        # acked, and that copy is acked when it comes through here again.
+        if qos and gen == self._cb_gen and self._connected:
+            self._client.ack(mid, qos)
+
+    def _downlink(self, payload: bytes) -> bool:
+        try:
+            # Expiry on the box's clock corrected by the offset to the hub's.
+            now = self.clock() + self._offset
+            down = protocol.verify_down(payload, self.anchor, self.store.site, now)
+        except ProtocolError as err:
+            self._refused(err.reason, err.detail)
+            return True
+        try:
+            fresh = self.store.accept(down, payload)
+        except Exception as err:
+            log.exception("cannot store downlink message %s; not acknowledged", down.id)
+            self._error(f"inbox: {type(err).__name__}: {err}")
+            return False
+        if not fresh:
+            log.info("downlink %s %s delivered again; already stored", down.type, down.id)
+            self._count("duplicates")
+            return True
+        self._count("received")
+        try:
+            self.on_down(down)
+        except Exception:
+            # It is in the inbox: the daemon handles what is left there after a restart.
+            log.exception("on_down failed for %s %s", down.type, down.id)
+        return True
+
+    def _refused(self, reason: str, detail: str) -> None:
+        log.warning("downlink refused (%s): %s", reason, detail)
+        with self._lock:
+            refused = self._st["refused"]
+            refused[reason] = refused.get(reason, 0) + 1
+        if self.on_refused is not None:
+            try:
+                self.on_refused(reason, detail)
+            except Exception:
+                log.exception("on_refused failed")
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        now = self.clock()
+        if now - self._last_poll >= POLL_S:
+            self._last_poll = now
+            self._reader.wake()
+            self._set(outbox=self.store.depth())
+        if self._connected:
+            # Sent again first, in seq order, so the hub's high-water mark moves.
+            for first in sorted(self._flights):
+                if self._awaiting() >= MAX_IN_FLIGHT:
+                    break
+                f = self._flights[first]
+                if f.due_at <= now:
+                    self._send(f, again=True)
+            while self._awaiting() < MAX_IN_FLIGHT and len(self._flights) < WINDOW:
+                batch = self._reader.next_batch()
+                if batch is None:
+                    break
+                new = _Flight(batch.events[0].seq, batch.events[-1].seq, batch.encode())
+                self._flights[new.first] = new
+                self._send(new, again=False)
+        self._set(
+            in_flight=self._awaiting(),
+            pending_acks=sum(f.last - f.first + 1 for f in self._flights.values()),
+        )
+
+    def _awaiting(self) -> int:
+        return len(self._by_mid)
+
+    def _send(self, f: _Flight, *, again: bool) -> None:
+        if f.mid is not None:
+            self._by_mid.pop(f.mid, None)
+        info = self._client.publish(protocol.up_events(self.box), f.payload, qos=1)
+        # Not connected any more: paho keeps it and sends it after the reconnect; its PUBACK
+        # comes through on_publish like any other.
+        f.mid, f.sent_at = info.mid, self.clock()
+        f.due_at = f.sent_at + self.resend_after
+        self._by_mid[info.mid] = f.first
+        self._count("resent_batches" if again else "sent_batches")
+
+    def _shutdown(self) -> None:
+        if not self._connected:
+            self._client.disconnect()
+            return
+        # A clean stop leaves no last will, so say "offline" ourselves (retained).
+        mid = self._client.publish(
+            protocol.up_status(self.box), _status_doc("offline", clean=True), qos=1, retain=True
+        ).mid
+        deadline = time.monotonic() + STOP_STATUS_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if (item[0] == "puback" and item[1] == mid) or item[0] == "disconnect":
+                break
+        self._client.disconnect()
+        self._connected = False
+        self._set(connected=False)
+
+
+def backoff_delay(attempt: int, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0 after a lost connection): "full
+    jitter", uniform in [0, min(cap, 2**attempt)], on top of paho's fixed second."""
+    return rand() * min(cap, 2.0 ** min(attempt, 16))
+
+
+def _status_doc(state: str, **fields: Any) -> bytes:
+    return protocol.canonical({"v": protocol.VERSION, "state": state, **fields})
+
+
+__all__ = ["LedgerLinkStore", "Link", "LinkStore", "backoff_delay"]
