@@ -64,6 +64,7 @@ class Box:
         self.zones: list[ZoneLevel] = []
         self.stats: dict[str, Any] = {"outbox_depth": 0, "cache_age_s": None, "print_queue": {}}
         self.stopping = False
+        self.cloud_status: Callable[[], dict[str, Any]] | None = None  # set by the cloud link
         self.metrics = Registry()
         m = self.metrics
         self.m_decisions = m.counter(
@@ -418,14 +419,16 @@ class Box:
         assert self.svc is not None and self.crowd is not None
         svc, crowd = self.svc, self.crowd
 
-        def gather() -> tuple[int, float | None, list[ZoneLevel]]:
+        def gather() -> tuple[int, float | None, int | None, list[ZoneLevel]]:
             svc.view.refresh()
             st = svc.view.state
             age = time.time() - st.issued_at if st is not None else None
-            return svc.ledger.outbox_depth(), age, crowd.zones(time.time())
+            seq = st.seq if st is not None else None
+            return svc.ledger.outbox_depth(), age, seq, crowd.zones(time.time())
 
-        depth, age, self.zones = await self.db.call(gather)
+        depth, age, seq, self.zones = await self.db.call(gather)
         self.stats["outbox_depth"], self.stats["cache_age_s"] = depth, age
+        self.stats["cache_seq"] = seq
         if self.spool is not None:
             self.stats["print_queue"] = await self.spool.queue_depths()
 
@@ -469,6 +472,7 @@ class Box:
             "lanes": self.lanes_json(),
             "zones": [z.to_json() for z in self.zones],
             "print_queue": self.stats["print_queue"],
+            "cloud": self.cloud_status() if self.cloud_status is not None else None,
         }
 
     # -- HTTP -----------------------------------------------------------------------------------

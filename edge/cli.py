@@ -369,7 +369,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "/ 未找到配置：请先配置本机，或运行 edge run --demo 体验演示"
             )
         config = cfgmod.load(path, state)
-    return run_daemon(config, bundle=bundle, on_ready=on_ready)
+    extensions: list[Any] = []
+    if config.sync is not None:
+        from edge.cloud import CloudLink
+
+        extensions.append(CloudLink(config.sync))
+    return run_daemon(config, bundle=bundle, on_ready=on_ready, extensions=extensions)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -93,6 +93,17 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """The cloud link (docs/sync.md): the broker and this box's TLS material."""
+
+    host: str
+    port: int
+    ca: Path  # the broker's CA (pinned)
+    cert: Path  # this box's client certificate (CN = [box] device)
+    key: Path  # its key (made on the box, 0600)
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     path: Path
     site: str
@@ -106,6 +117,7 @@ class BoxConfig:
     printing: PrintingConfig = field(default_factory=PrintingConfig)
     zones: dict[str, ZoneConfig] = field(default_factory=dict)
     lockers: dict[str, LockerBankConfig] = field(default_factory=dict)
+    sync: SyncConfig | None = None
 
 
 def locate(config: str | None, home: str | None) -> tuple[Path, Path | None]:
@@ -202,6 +214,7 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
     printing = _printing(path, root.get("printing", dict, {}), devices)
     zones = _zones(path, root.get("zones", dict, {}))
     lockers = _lockers(path, root.get("lockers", dict, {}), devices)
+    sync = _sync(path, base, root.get("sync", dict))
     root.done()
     return BoxConfig(
         path,
@@ -216,7 +229,21 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
         printing,
         zones,
         lockers,
+        sync,
     )
+
+
+def _sync(path: Path, base: Path, table: dict[str, Any] | None) -> SyncConfig | None:
+    if table is None:
+        return None
+    sec = _Section(path, "sync", table)
+    broker = sec.get("broker", str, required=True)
+    host, sep, port = broker.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(path, "sync.broker", "HOST:PORT, e.g. mqtt.example.com:8883")
+    files = [base / sec.get(k, str, required=True) for k in ("ca", "cert", "key")]
+    sec.done()
+    return SyncConfig(host.strip("[]"), int(port), *files)
 
 
 def _check_name(path: Path, key: str, name: str, what: str) -> None:

@@ -18,11 +18,11 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from edge.box import Box
+from edge.box import Box, Loop
 from edge.config import BoxConfig
 from edge.notify import Notifier
 from edge.store import WriteLock, fsync_dir
@@ -76,6 +76,15 @@ def api_token(state_dir: Path) -> str:
     return token
 
 
+class Extension(Protocol):
+    """A part wired in by the composition root (the cloud link): started after the box, its
+    loops supervised with the box's, stopped before the box closes."""
+
+    async def start(self, box: Box) -> None: ...
+    def loops(self) -> list[tuple[str, Loop]]: ...
+    async def stop(self) -> None: ...
+
+
 class Daemon:
     def __init__(
         self,
@@ -84,8 +93,10 @@ class Daemon:
         notifier: Notifier | None = None,
         bundle: Path | None = None,
         on_ready: Callable[[Daemon], None] | None = None,
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self.config = config
+        self.extensions = list(extensions)
         self.notifier = notifier or Notifier()
         self.bundle = bundle
         self.on_ready = on_ready
@@ -111,6 +122,8 @@ class Daemon:
             self.box = box
             try:
                 await box.start(full_check=lock.unclean, bundle=self.bundle)
+                for ext in self.extensions:
+                    await ext.start(box)
                 server, sock = box.http_server()
                 host, port = sock.getsockname()[:2]
                 self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -118,7 +131,8 @@ class Daemon:
                     serve = tg.create_task(server.serve(sockets=[sock]), name="http")
                     while not server.started and not serve.done():
                         await asyncio.sleep(0.01)
-                    for name, fn in box.loops():
+                    loops = box.loops() + [lp for ext in self.extensions for lp in ext.loops()]
+                    for name, fn in loops:
                         tg.create_task(supervised(name, fn, self.stop_event), name=name)
                     if not self.stop_event.is_set():  # no READY for a box already stopping
                         self._announce()
@@ -128,6 +142,11 @@ class Daemon:
                     await box.stop_lanes(STOP_GRACE_S)
                     server.should_exit = True
             finally:
+                for ext in self.extensions:
+                    try:
+                        await ext.stop()
+                    except Exception:  # the box must still close
+                        log.exception("stopping %s failed", type(ext).__name__)
                 await box.close()
                 with contextlib.suppress(FileNotFoundError):
                     (state / "daemon.json").unlink()

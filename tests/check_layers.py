@@ -21,7 +21,12 @@ FORBIDDEN = {
     "sync": {"drivers", "kiosk_ui"},
     "kiosk_ui": {"drivers", "sync"},
 }
-COMPOSITION_ROOT = {Path("edge/app.py"), Path("edge/cli.py"), Path("edge/demo.py")}
+COMPOSITION_ROOT = {
+    Path("edge/app.py"),
+    Path("edge/cli.py"),
+    Path("edge/demo.py"),
+    Path("edge/cloud.py"),
+}
 
 
 def imported_packages(path: Path) -> set[str]:

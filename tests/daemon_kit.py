@@ -256,7 +256,7 @@ class Running:
 
 @contextmanager
 def running(
-    site: Site, *, bundle: bool = True, environ: dict[str, str] | None = None
+    site: Site, *, bundle: bool = True, environ: dict[str, str] | None = None, cloud: bool = False
 ) -> Iterator[Running]:
     config = load(site.home / "edge.toml", site.home)
     loop = asyncio.new_event_loop()
@@ -265,7 +265,18 @@ def running(
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-        d = Daemon(config, notifier=Notifier(environ or {}), bundle=site.bundle if bundle else None)
+        extensions = []
+        if cloud:
+            from edge.cloud import CloudLink
+
+            assert config.sync is not None, "the site's edge.toml has no [sync] section"
+            extensions.append(CloudLink(config.sync))
+        d = Daemon(
+            config,
+            notifier=Notifier(environ or {}),
+            bundle=site.bundle if bundle else None,
+            extensions=extensions,
+        )
         daemon_box.append(d)
         try:
             loop.run_until_complete(d.run())

@@ -1,0 +1,174 @@
+"""The daemon's cloud link (composition root: it wires sync/ into the box).
+
+Outbox events go up through sync.link.Link (its own threads and SQLite connection); signed
+downlink messages, already stored in the inbox by the link before their PUBACK, are handled here
+on the loop: a print job goes to the spool under the message's id (printed once), a door command
+to the locker bank (audited, actor "cloud"), a conflict report to the bus and the outbox. Each is
+marked handled in the inbox; what is left unhandled by a crash is handled at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from edge.config import SyncConfig
+from edge.store import transaction
+from sync.link import Link
+from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
+from sync.protocol import Down, ProtocolError, load
+
+if TYPE_CHECKING:
+    from edge.box import Box, Loop
+
+log = logging.getLogger(__name__)
+NOTIFY_S = 0.2  # outbox rows are announced to the link at most this often
+
+
+class CloudLink:
+    """A daemon extension: `start(box)`, `loops()`, `stop()`."""
+
+    def __init__(self, cfg: SyncConfig) -> None:
+        self.cfg = cfg
+        self.link: Link | None = None
+        self.box: Box | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, box: Box) -> None:
+        self.box, self._loop = box, asyncio.get_running_loop()
+        assert box.svc is not None
+        config = box.config
+        store = LedgerLinkStore(config.state_dir / "ledger.db", box=config.device, site=config.site)
+        self.link = Link(
+            store,
+            host=self.cfg.host,
+            port=self.cfg.port,
+            ca=self.cfg.ca,
+            cert=self.cfg.cert,
+            key=self.cfg.key,
+            anchor=box.svc.anchor,
+            on_down=self._from_link,
+            on_refused=self._refused_from_link,
+            status_extra=lambda: {"cache_seq": box.stats.get("cache_seq")},
+        )
+        self.link.start()
+        box.cloud_status = self.status
+        for row in await box.db.call(inbox_unhandled, box.svc.ledger.conn):
+            try:
+                down = _stored(row.payload, row.id)
+            except ProtocolError as err:
+                await self._done(row.id, f"refused: {err}")
+                continue
+            await self.handle(down)
+
+    def loops(self) -> list[tuple[str, Loop]]:
+        return [("cloud-notify", self._notify_loop)]
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            link, self.link = self.link, None
+            await asyncio.to_thread(link.stop)
+
+    def status(self) -> dict[str, Any]:
+        return self.link.status() if self.link is not None else {"connected": False}
+
+    # -- link thread -> loop ---------------------------------------------------------------
+
+    def _from_link(self, down: Down) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self.handle(down), self._loop)
+
+    def _refused_from_link(self, reason: str, detail: str) -> None:
+        box = self.box
+        if box is not None and self._loop is not None and not self._loop.is_closed():
+            body = {"reason": reason, "detail": detail[:300]}
+            asyncio.run_coroutine_threadsafe(box.record("downlink_refused", body), self._loop)
+
+    async def _notify_loop(self, stop: asyncio.Event) -> None:
+        """Wake the link when the box writes events (any bus event means the outbox may have
+        grown); the link also re-reads the outbox every few seconds on its own."""
+        assert self.box is not None
+        sub = self.box.bus.subscribe(size=16)
+        try:
+            while not stop.is_set():
+                if await sub.get(timeout=0.5) is not None and self.link is not None:
+                    sub.pending()
+                    self.link.notify()
+                    await asyncio.sleep(NOTIFY_S)
+        finally:
+            sub.close()
+
+    # -- handling ----------------------------------------------------------------------------
+
+    async def handle(self, down: Down) -> str:
+        box = self.box
+        assert box is not None
+        try:
+            result = await self._act(box, down)
+        except Exception as err:  # a bad job or command is reported, never fatal
+            log.warning("downlink %s %s failed: %s", down.type, down.id, err)
+            result = f"failed: {err}"
+        await self._done(down.id, result)
+        box.bus.publish("cloud", id=down.id, type=down.type, result=result)
+        return result
+
+    async def _act(self, box: Box, down: Down) -> str:
+        body = down.body
+        if down.type == "print":
+            assert box.spool is not None
+            job = await box.spool.submit(
+                str(body["template"]),
+                dict(body["data"]),
+                target=str(body["target"]),
+                job_id=down.id,
+                source="cloud",
+            )
+            return f"queued as {job['id']} on {job['printer']}"
+        if down.type == "command":
+            return await self._command(box, down)
+        if down.type == "conflict":
+            box.bus.publish("conflict", **body)
+            await box.record("conflict_received", {"id": down.id, **body})
+            return "recorded"
+        return f"unsupported here: {down.type} (not built yet)"
+
+    async def _command(self, box: Box, down: Down) -> str:
+        body = down.body
+        name = body.get("command")
+        if name == "open_door":
+            banks = box.lockers
+            bank = banks.get(str(body.get("locker"))) if body.get("locker") else None
+            if bank is None and len(banks) == 1:
+                bank = next(iter(banks.values()))
+            if bank is None:
+                return "refused: name the locker (this box has several or none)"
+            door = body.get("door")
+            if not isinstance(door, int) or isinstance(door, bool):
+                return "refused: door must be a number"
+            out = await bank.open_door(door, "cloud", f"cloud command {down.id}")
+            return f"door {door} {'opened' if out.get('opened') else 'did not open'}"
+        if name == "request_status":  # the retained gw/ID/up/status carries it; refresh it
+            if self.link is not None:
+                self.link.notify()
+            return "ok"
+        return f"unsupported command: {name}"
+
+    async def _done(self, msg_id: str, result: str) -> None:
+        box = self.box
+        assert box is not None and box.svc is not None
+        conn = box.svc.ledger.conn
+
+        def mark() -> None:
+            with transaction(conn):
+                inbox_done(conn, msg_id, result, time.time())
+
+        await box.db.call(mark)
+
+
+def _stored(payload: bytes, msg_id: str) -> Down:
+    """A message the link verified before storing it (its signature is not checked again: the
+    key may have expired since; its TTL is, by the handler of each type where it matters)."""
+    doc = load(payload)
+    return Down(msg_id, str(doc["type"]), float(doc["issued_at"]), float(doc["ttl_s"]), doc["body"])
