@@ -5,26 +5,39 @@ downlink messages, already stored in the inbox by the link before their PUBACK, 
 on the loop: a print job goes to the spool under the message's id (printed once), a door command
 to the locker bank (audited, actor "cloud"), a conflict report to the bus and the outbox. Each is
 marked handled in the inbox; what is left unhandled by a crash is handled at the next start.
+
+Certificate renewal (sync/provision.py Renewal): a loop checks the live certificate at start and
+then every minute (more often for a short-lived one); at two thirds of its life it makes a new
+key and CSR (*.new in the state dir) and sends the CSR up. The hub's `certificate` message is
+checked against the pending key, swapped into the live TLS connection, and only once a connection
+with it has succeeded does it replace the live files. Expiry close without a renewal raises a
+"cert" bus event and a `cert_expiring` outbox event (at most once a day).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from edge.bundle_inbox import BundleReceiver
 from edge.config import SyncConfig
 from edge.store import transaction
 from sync.link import Link
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
+from sync.pki import cert_info, renew_due
 from sync.protocol import Down, ProtocolError, load
+from sync.provision import ProvisionError, Renewal, alert_due
 
 if TYPE_CHECKING:
     from edge.box import Box, Loop
 
 log = logging.getLogger(__name__)
 NOTIFY_S = 0.2  # outbox rows are announced to the link at most this often
+RENEW_CHECK_S = 60.0
+ALERT_REPEAT_S = 86400.0
 
 
 class CloudLink:
@@ -35,11 +48,19 @@ class CloudLink:
         self.link: Link | None = None
         self.box: Box | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.renewal: Renewal | None = None
+        self._csr_sent_at = 0.0
+        self._rotating = False
+        self._alerted_at: float | None = None
+        self._deferred: list[Down] = []  # stored certificates, handled once the loops run
+        self._bundles: BundleReceiver | None = None  # made at the first bundle_chunk
 
     async def start(self, box: Box) -> None:
         self.box, self._loop = box, asyncio.get_running_loop()
         assert box.svc is not None
         config = box.config
+        self.renewal = Renewal(self.cfg.cert, self.cfg.key, config.state_dir, config.device)
+        await asyncio.to_thread(self.renewal.recover)
         store = LedgerLinkStore(config.state_dir / "ledger.db", box=config.device, site=config.site)
         self.link = Link(
             store,
@@ -61,10 +82,13 @@ class CloudLink:
             except ProtocolError as err:
                 await self._done(row.id, f"refused: {err}")
                 continue
+            if down.type == "certificate":
+                self._deferred.append(down)  # a swap waits for a connection: not at start
+                continue
             await self.handle(down)
 
     def loops(self) -> list[tuple[str, Loop]]:
-        return [("cloud-notify", self._notify_loop)]
+        return [("cloud-notify", self._notify_loop), ("cert-renewal", self._renew_loop)]
 
     async def stop(self) -> None:
         if self.link is not None:
@@ -72,7 +96,16 @@ class CloudLink:
             await asyncio.to_thread(link.stop)
 
     def status(self) -> dict[str, Any]:
-        return self.link.status() if self.link is not None else {"connected": False}
+        st: dict[str, Any] = self.link.status() if self.link else {"connected": False}
+        if self.renewal is not None:
+            with contextlib.suppress(Exception):  # a status must not fail on a missing file
+                info = cert_info(self.renewal.live_pem())
+                st["certificate"] = {
+                    "serial": format(info.serial, "x"),
+                    "not_after": info.not_after,
+                    "renewing": self.renewal.pending_csr() is not None,
+                }
+        return st
 
     # -- link thread -> loop ---------------------------------------------------------------
 
@@ -99,6 +132,82 @@ class CloudLink:
                     await asyncio.sleep(NOTIFY_S)
         finally:
             sub.close()
+
+    # -- certificate renewal -------------------------------------------------------------------
+
+    async def _renew_loop(self, stop: asyncio.Event) -> None:
+        for down in self._deferred:
+            await self.handle(down)
+        self._deferred.clear()
+        while not stop.is_set():
+            try:
+                interval = await self.check_certificate()
+            except Exception:  # a missing or unreadable file: said, and tried again
+                log.exception("certificate check failed")
+                interval = RENEW_CHECK_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def check_certificate(self, now: float | None = None) -> float:
+        """Alert, and start or repeat a renewal when due. Returns seconds to the next check."""
+        box, renewal = self.box, self.renewal
+        assert box is not None and renewal is not None
+        t = time.time() if now is None else now
+        pem = await asyncio.to_thread(renewal.live_pem)
+        info = cert_info(pem)
+        interval = min(RENEW_CHECK_S, max(1.0, (info.not_after - info.not_before) / 30))
+        if alert_due(pem, t) and (
+            self._alerted_at is None or t - self._alerted_at > ALERT_REPEAT_S
+        ):
+            self._alerted_at = t
+            body = {
+                "serial": format(info.serial, "x"),
+                "not_after": info.not_after,
+                "left_s": round(info.not_after - t),
+                "hint": "certificate not renewed: check the link to the hub / 证书即将过期",
+            }
+            log.warning("the link certificate expires in %.0f s and is not renewed", body["left_s"])
+            box.bus.publish("cert", state="expiring", **body)
+            await box.record("cert_expiring", body)
+        if self._rotating or self.link is None or not renew_due(pem, t):
+            return interval
+        csr = await asyncio.to_thread(renewal.pending_csr)
+        if csr is None or t - self._csr_sent_at >= 5 * interval:
+            if csr is None:
+                csr = await asyncio.to_thread(renewal.begin)
+                log.info("certificate %x is due for renewal; CSR sent", info.serial)
+            self.link.request_certificate(csr)
+            self._csr_sent_at = t
+        return interval
+
+    async def _certificate(self, box: Box, down: Down) -> str:
+        renewal, link = self.renewal, self.link
+        assert renewal is not None
+        pem = down.body.get("cert")
+        if not isinstance(pem, str):
+            return "refused: no certificate in the message"
+        if link is None:
+            return "refused: the link is stopping"
+        try:
+            serial = await asyncio.to_thread(renewal.accept, pem.encode(), time.time())
+        except ProvisionError as err:
+            return f"refused: {err}"
+        self._rotating = True
+        try:
+            ok = await asyncio.wrap_future(link.rotate(renewal.new_cert, renewal.new_key))
+        finally:
+            self._rotating = False
+        if not ok:
+            await asyncio.to_thread(renewal.discard)
+            return f"failed: no connection with certificate {serial}; the old one stays"
+        await asyncio.to_thread(renewal.commit)
+        self._alerted_at = None
+        info = cert_info(pem.encode())
+        body = {"serial": serial, "not_after": info.not_after}
+        box.bus.publish("cert", state="renewed", **body)
+        await box.record("cert_renewed", body)
+        log.info("link certificate renewed: serial %s", serial)
+        return f"installed certificate {serial}"
 
     # -- handling ----------------------------------------------------------------------------
 
@@ -128,6 +237,12 @@ class CloudLink:
             return f"queued as {job['id']} on {job['printer']}"
         if down.type == "command":
             return await self._command(box, down)
+        if down.type == "bundle_chunk":  # stored, assembled, imported: edge/bundle_inbox.py
+            if self._bundles is None:
+                self._bundles = BundleReceiver(box.config.state_dir)
+            return await self._bundles.handle(box, body)
+        if down.type == "certificate":
+            return await self._certificate(box, down)
         if down.type == "conflict":
             box.bus.publish("conflict", **body)
             await box.record("conflict_received", {"id": down.id, **body})

@@ -20,6 +20,11 @@ delivers it again after the next reconnect. A refused message (unsigned, bad sig
 unknown version...) is logged, counted by reason and acknowledged anyway: redelivering it forever
 would help no one.
 
+Certificate rotation (`rotate`): the new chain is loaded into the live SSLContext and the client
+reconnects on the same session; the first successful CONNACK after that resolves the future with
+True. Without one within the timeout the old chain goes back into the context (the files are still
+the old ones) and the future says False. The CSR itself goes up through `request_certificate`.
+
 Reconnects: paho waits a fixed second; `_pre_connect` adds an exponential, jittered wait on
 top, so a fleet does not reconnect in lockstep after a cloud outage.
 """
@@ -30,9 +35,11 @@ import importlib.metadata
 import logging
 import queue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,7 @@ RESEND_AFTER_S = 30.0
 WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 STOP_STATUS_WAIT_S = 2.0
+ROTATE_TIMEOUT_S = 30.0
 
 
 def _version() -> str:
@@ -135,18 +143,21 @@ class Link:
         self._offset = 0.0
         self._status_mid: int | None = None
         self._last_poll = 0.0
-        self._client = self._make_client(ca, cert, key)
+        self._chain = (cert, key)  # what goes back into the context if a rotation fails
+        self._rotation: tuple[Future[bool], float] | None = None  # (result, deadline)
+        self._ctx = tls_client_context(ca, cert, key)
+        self._client = self._make_client()
 
     # -- paho ----------------------------------------------------------------------------------
 
-    def _make_client(self, ca: Path, cert: Path, key: Path) -> mqtt.Client:
+    def _make_client(self) -> mqtt.Client:
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.box,
             protocol=MQTTProtocolVersion.MQTTv5,
             manual_ack=True,
         )
-        c.tls_set_context(tls_client_context(ca, cert, key))
+        c.tls_set_context(self._ctx)  # kept: a certificate rotation reloads it in place
         c.will_set(protocol.up_status(self.box), _status_doc("offline"), qos=1, retain=True)
         c.max_inflight_messages_set(MAX_IN_FLIGHT)
         c.reconnect_delay_set(1, 1)  # the growing, jittered part is _pre_connect's
@@ -242,6 +253,19 @@ class Link:
         self._client.loop_stop()
         self._client.disconnect()  # closes a socket left by a connect that raced the stop
 
+    def request_certificate(self, csr_pem: bytes) -> None:
+        """Publish a renewal CSR on gw/ID/up/csr (when connected; the caller asks again later
+        otherwise). Any thread."""
+        doc = {"v": protocol.VERSION, "box": self.box, "csr": csr_pem.decode("ascii")}
+        self._q.put(("csr", protocol.canonical(doc)))
+
+    def rotate(self, cert: Path, key: Path, timeout: float = ROTATE_TIMEOUT_S) -> Future[bool]:
+        """Swap a new certificate and key into the live connection; the future says whether a
+        connection with them succeeded. Any thread."""
+        fut: Future[bool] = Future()
+        self._q.put(("rotate", cert, key, timeout, fut))
+        return fut
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             st = dict(self._st)
@@ -281,6 +305,16 @@ class Link:
                 self._safely(self._pump)
         finally:
             self.store.close()
+            # Whoever waits on a rotation learns it did not happen.
+            if self._rotation is not None:
+                self._rotation[0].set_result(False)
+            while True:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item[0] == "rotate":
+                    item[-1].set_result(False)
 
     def _safely(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -295,6 +329,8 @@ class Link:
     def _tick(self) -> float:
         due = [f.due_at for f in self._flights.values()]
         nearest = min(due) - self.clock() if due and self._connected else POLL_S
+        if self._rotation is not None:
+            nearest = min(nearest, self._rotation[1] - time.monotonic())
         return max(0.05, min(POLL_S, nearest))
 
     def _handle(self, item: tuple[Any, ...]) -> None:
@@ -305,6 +341,13 @@ class Link:
             self._message(*item[1:])
         elif kind == "notify":
             self._reader.wake()
+        elif kind == "csr":
+            if self._connected:
+                self._client.publish(protocol.up_csr(self.box), item[1], qos=1)
+            else:
+                log.info("renewal CSR not sent: the link is down (asked again later)")
+        elif kind == "rotate":
+            self._rotate(*item[1:])
         elif kind == "connect":
             self._connect(item[1], item[2])
         elif kind == "disconnect":
@@ -317,11 +360,48 @@ class Link:
             log.error("subscription to the downlink refused: %s", item[1])
             self._error(f"subscribe refused: {item[1]}")
 
+    def _rotate(self, cert: Path, key: Path, timeout: float, fut: Future[bool]) -> None:
+        if self._rotation is not None:
+            fut.set_result(False)  # one at a time; the caller tries again
+            return
+        try:
+            self._ctx.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as err:
+            log.error("cannot load the new certificate: %s", err)
+            fut.set_result(False)
+            return
+        self._rotation = (fut, time.monotonic() + timeout)
+        log.info("certificate rotated into the TLS context; reconnecting")
+        self._connected = False
+        self._set(connected=False)
+        try:
+            # The verified recipe (SYNC_RESEARCH.md section 1): same client, same session.
+            self._client.reconnect()
+        except (OSError, ssl.SSLError) as err:
+            # paho's own loop keeps trying, with the new chain, until the deadline.
+            log.warning("reconnect with the new certificate failed: %s", err)
+
+    def _rotation_check(self, connected: bool) -> None:
+        if self._rotation is None:
+            return
+        fut, deadline = self._rotation
+        if connected:
+            self._rotation = None
+            log.info("connected with the new certificate")
+            fut.set_result(True)
+        elif time.monotonic() > deadline:
+            self._rotation = None
+            log.error("no connection with the new certificate; back to the old one")
+            self._error("certificate rotation failed; old certificate restored")
+            self._ctx.load_cert_chain(str(self._chain[0]), str(self._chain[1]))
+            fut.set_result(False)
+
     def _connect(self, rc: ReasonCode, session_present: bool) -> None:
         if rc.is_failure:
             log.error("broker refused the connection: %s", rc)
             self._error(f"connect refused: {rc}")
             return
+        self._rotation_check(connected=True)
         now = self.clock()
         self._connected, self._since = True, now
         log.info("link up to %s:%d (session %s)", self.host, self.port, session_present)
@@ -444,6 +524,7 @@ class Link:
     # -- publishing ----------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        self._rotation_check(connected=False)
         now = self.clock()
         if now - self._last_poll >= POLL_S:
             self._last_poll = now

@@ -228,7 +228,21 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--cert", required=True, type=Path, help="the hub's client certificate (CN hub)")
     p.add_argument("--key", required=True, type=Path)
     p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.add_argument(
+        "--device-ca", type=Path, help="device CA directory: signs enrollment and renewal CSRs"
+    )
+    p.add_argument("--cert-days", type=float, default=30.0, help="device certificate lifetime")
+    p.add_argument("--enroll-listen", help="HOST:PORT of the HTTPS enrollment endpoint")
+    p.add_argument("--enroll-cert", type=Path, help="its server certificate (e.g. the broker's)")
+    p.add_argument("--enroll-key", type=Path)
     p.set_defaults(func=cmd_serve)
+
+    p = hs.add_parser("claim", help="make a one-time claim token for enrolling a box")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--box", required=True, help="the box id (its certificate CN)")
+    p.add_argument("--site", required=True)
+    p.add_argument("--ttl-hours", type=float, default=24.0)
+    p.set_defaults(func=cmd_claim)
 
     p = hs.add_parser("send", help="queue a signed message for a box (delivered when it is up)")
     p.add_argument("--dir", required=True, type=Path)
@@ -262,23 +276,54 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(option: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{option} {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from sync.hub.enroll import make_claim
+
+    token = make_claim(args.dir, args.box, args.site, args.ttl_hours * 3600)
+    print(token)
+    print(
+        f"one-time claim for box {args.box} at {args.site}, valid {args.ttl_hours:g} h "
+        f"/ 一次性认领码; trust anchor fingerprint 信任根指纹: {Hub(args.dir).anchor.fingerprint}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: paho and the hub database are not needed by the box's own commands.
+    from sync.hub.enroll import Enroller, EnrollServer, Signer
     from sync.hub.serve import HubServer
+    from sync.pki import Ca
 
-    host, sep, port = args.broker.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--broker {args.broker!r}: expected HOST:PORT")
+    host, port = _host_port("--broker", args.broker)
     logging.getLogger("sync.hub").setLevel(logging.INFO)  # one line per batch
+    hub = Hub(args.dir)
+    signer = Signer(Ca.load(args.device_ca), args.cert_days * DAY) if args.device_ca else None
+    if args.enroll_listen and (signer is None or not args.enroll_cert or not args.enroll_key):
+        raise ValueError("--enroll-listen needs --device-ca, --enroll-cert and --enroll-key")
     server = HubServer(
-        Hub(args.dir),
+        hub,
         host=host,
-        port=int(port),
+        port=port,
         ca=args.ca,
         cert=args.cert,
         key=args.key,
         db_path=args.db,
+        signer=signer,
     )
+    enroll = None
+    if args.enroll_listen:
+        assert signer is not None
+        ehost, eport = _host_port("--enroll-listen", args.enroll_listen)
+        enroller = Enroller(hub, signer, args.ca)
+        enroll = EnrollServer(enroller, ehost, eport, args.enroll_cert, args.enroll_key)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -288,9 +333,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
+        if enroll is not None:
+            enroll.start()
         while not stop.wait(1.0):
             pass
     finally:
+        if enroll is not None:
+            enroll.close()
         server.close()
         for s, handler in old.items():
             signal.signal(s, handler)

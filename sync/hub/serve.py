@@ -11,6 +11,11 @@ publish(). The MQTT session is persistent (clean_start=False + SessionExpiryInte
 "hub"), so events published while the hub is down wait in the broker, and incoming messages are
 acked by hand only once stored (manual_ack): a hub stopped mid-batch gets it again.
 
+Renewal: a registered box publishes a CSR on gw/ID/up/csr; with a Signer (the device CA) the hub
+signs it for that box's identity (the topic's, which the broker's ACL ties to the connection's
+certificate) and queues a `certificate` message. The message id comes from the CSR's hash, so the
+box sending the same CSR again while the answer is on its way does not get a second certificate.
+
 A downlink message leaves the outgoing table only when the broker accepted it with a plain
 success. "No matching subscribers" (0x10) means the box has no session yet: the message stays and
 is published again when the box reports online, or after RETRY_NO_SUBSCRIBER_S.
@@ -18,6 +23,7 @@ is published again when the box reports online, or after RETRY_NO_SUBSCRIBER_S.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import re
@@ -38,9 +44,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.store import transaction
 from sync import protocol
+from sync.hub.bundles import CHUNK_SIZE, UsedDebounce, bundle_id_of, chunk_messages, used_delta
+from sync.hub.enroll import Signer
 from sync.hub.issuer import Hub
 from sync.hub.store import HUB_DB, HubStore, load_registry, registry_mtime
-from sync.pki import tls_client_context
+from sync.pki import CsrRefused, cert_info, tls_client_context
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,9 @@ TICK_S = 0.2
 RETRY_NO_SUBSCRIBER_S = 5.0
 RETRY_FAILED_S = 30.0
 CONFLICT_TTL_S = 7 * DAY
+CERT_TTL_S = 7 * DAY
+BUNDLE_TTL_S = DAY
+USED_DEBOUNCE_S = 1.0  # redemptions of one burst ride on one used delta
 NO_MATCHING_SUBSCRIBERS = 0x10
 MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 
@@ -128,8 +139,11 @@ class HubServer:
         client_id: str = "hub",
         session_expiry_s: int = SESSION_EXPIRY_S,
         keepalive: int = 30,
+        signer: Signer | None = None,
     ) -> None:
+        """`signer`: the device CA, to answer renewal CSRs (None: they are refused)."""
         self.hub = hub
+        self.signer = signer
         self.host, self.port, self.keepalive = host, port, keepalive
         self.db_path = db_path or hub.dir / HUB_DB
         self._fixed = dict(registry) if registry is not None else None
@@ -164,6 +178,7 @@ class HubServer:
         self._worker: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self._closed = False
+        self._used = UsedDebounce(USED_DEBOUNCE_S)  # sites owing a used delta (worker)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -308,6 +323,13 @@ class HubServer:
             except Exception as err:
                 fut.set_exception(err)
             self._next_tick = 0.0
+        elif kind == "call":  # publish_bundle: a function run on the database's thread
+            _, fn, fut = item
+            try:
+                fut.set_result(fn())
+            except Exception as err:
+                fut.set_exception(err)
+            self._next_tick = 0.0
         elif kind == "connect":
             self._on_connect(item[1], item[2])
         elif kind == "disconnect":
@@ -331,6 +353,7 @@ class HubServer:
 
     def _tick(self) -> None:
         self._reload_registry()
+        self._publish_used()
         self._flush(time.time())
 
     def _reload_registry(self) -> None:
@@ -371,6 +394,8 @@ class HubServer:
             self._on_events(box, site, payload)
         elif what == "up/status":
             self._on_status(box, site, payload)
+        elif what == "up/csr":
+            self._on_csr(box, payload)
         else:
             self._refuse(box, "unknown_topic", topic[:120])
 
@@ -395,6 +420,7 @@ class HubServer:
                         self.hub, "conflict", conflict.body(), CONFLICT_TTL_S, msg_id, now
                     )
                     store.queue_down(msg_id, target, "conflict", payload_down, now, CONFLICT_TTL_S)
+        self._used.note(site, batch.events)
         self._count("batches")
         self._count("events_new", res.new)
         self._count("events_duplicate", res.duplicates)
@@ -434,6 +460,43 @@ class HubServer:
                 del self._retry_at[msg_id]
             self._next_tick = 0.0
 
+    def _on_csr(self, box: str, payload: bytes) -> None:
+        """A renewal request: sign it for the topic's box, answer with a `certificate`."""
+        try:
+            doc = protocol.load(payload)
+            csr = doc.get("csr")
+            if doc.get("box") != box or not isinstance(csr, str):
+                raise protocol.ProtocolError("malformed", "csr: {v, box (the topic's), csr}")
+        except protocol.ProtocolError as err:
+            self._refuse(box, err.reason, err.detail)
+            return
+        if self.signer is None:
+            self._refuse(box, "no_ca", "this hub runs without a device CA (--device-ca)")
+            return
+        store = self._db()
+        msg_id = f"cert-{hashlib.sha256(csr.encode()).hexdigest()[:32]}"
+        now = time.time()
+        row = store.conn.execute(
+            "SELECT accepted_at, expires_at FROM outgoing WHERE id = ?", (msg_id,)
+        ).fetchone()
+        if row is not None and row[0] is None and row[1] > now:
+            log.info("renewal CSR from %s again; its certificate is on its way", box)
+            return
+        if row is not None:
+            msg_id = f"{msg_id}-{int(now)}"  # delivered or expired: the box asks again
+        try:
+            cert = self.signer.sign(csr.encode(), box)
+        except CsrRefused as err:
+            self._refuse(box, f"csr_{err.reason}", err.detail)
+            return
+        body = {"cert": cert.decode("ascii")}
+        signed = sign_message(self.hub, "certificate", body, CERT_TTL_S, msg_id, now)
+        with transaction(store.conn):
+            store.queue_down(msg_id, box, "certificate", signed, now, CERT_TTL_S)
+        self._count("certificates_issued")
+        log.info("renewed the certificate of %s (serial %x)", box, cert_info(cert).serial)
+        self._next_tick = 0.0
+
     # -- downlink ------------------------------------------------------------------------------
 
     def _flush(self, now: float) -> None:
@@ -472,3 +535,48 @@ class HubServer:
             self._count("downlink_sent")
         with transaction(store.conn):
             store.mark_down(msg_id, now, reason, accepted)
+
+    # -- bundles (sync/hub/bundles.py) -----------------------------------------------------------
+
+    def publish_bundle(
+        self, site_or_box: str, path: Path, *, chunk_size: int = CHUNK_SIZE, timeout: float = 30.0
+    ) -> str:
+        """Queue a bundle file, in signed chunks, for one box or every box of a site (stored
+        before it is published, TTL a day); returns the bundle id."""
+        if self._worker is None or self._closed:
+            raise RuntimeError("hub server is not running")
+        fut: Future[str] = Future()
+        self._q.put(("call", lambda: self._queue_bundle(site_or_box, path, chunk_size), fut))
+        return fut.result(timeout)
+
+    def _queue_bundle(self, site_or_box: str, path: Path, chunk_size: int = CHUNK_SIZE) -> str:
+        self._reload_registry()
+        if site_or_box in self._registry:
+            boxes = [site_or_box]
+        else:
+            boxes = sorted(b for b, s in self._registry.items() if s == site_or_box)
+        if not boxes:
+            raise ValueError(f"{site_or_box!r} is neither a registered box nor a site with boxes")
+        bundle_id = bundle_id_of(path)
+        chunks = chunk_messages(path, bundle_id, chunk_size)
+        now = time.time()
+        store = self._db()
+        with transaction(store.conn):
+            for box in boxes:
+                for i, (msg_type, body) in enumerate(chunks):
+                    msg_id = f"bundle-{bundle_id[:20]}-{i}-{box}"
+                    t = now + i * 1e-6  # created_at keeps the chunks (and bundles) in order
+                    payload = sign_message(self.hub, msg_type, body, BUNDLE_TTL_S, msg_id, t)
+                    store.queue_down(msg_id, box, msg_type, payload, t, BUNDLE_TTL_S)
+        log.info("bundle %s (%d chunks) queued for %s", bundle_id, len(chunks), ", ".join(boxes))
+        return bundle_id
+
+    def _publish_used(self) -> None:
+        for site in self._used.due():
+            try:
+                path = used_delta(self.hub, self._db(), site)
+                if path is not None:
+                    self._queue_bundle(site, path)
+                    self._count("used_deltas")
+            except Exception:
+                log.exception("hub: used delta for site %s failed", site)

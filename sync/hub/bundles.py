@@ -1,0 +1,198 @@
+"""Bundles down the link (docs/sync.md "Downlink", type `bundle_chunk`), the hub's side.
+
+A bundle file is cut into chunks, each its own signed downlink message, so a large snapshot
+crosses the broker in pieces that the box stores as they come (edge/bundle_inbox.py) and
+assembles once all are there: a lost connection resumes where it was, not from the start. Every
+chunk names the whole file's sha256 and size, so the box verifies the assembled file before it
+imports it (and the import verifies the bundle's own signature as for any bundle).
+
+The site's "used" delta: the redemptions stored from the site's boxes (confirmed, not voided),
+as USED entries of a signed delta bundle with the site's next sequence, sent to every box of
+the site. A box ignores the entries whose redemption id is its own (edge/service.py), so a ticket
+admitted at gate A is refused at gate B (`used_elsewhere`) once both have synced. Every box gets
+every delta, the one whose redemptions it carries too: deltas chain on the site's sequence
+(`base_seq`), so a box that skipped one would refuse all the later ones as `wrong_base`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sync.hub.issuer import BundleContent, Hub
+from sync.hub.store import HubStore
+from sync.protocol import Event
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+USED_EXPIRES_DAYS = 30.0
+USED_EVENT_TYPES = frozenset({"redemption", "redemption_confirmed", "redemption_voided"})
+CURSOR_KEY = "used_through"  # in the site's state.json: received_at of the last event shipped
+
+
+def bundle_id_of(bundle_file: Path) -> str:
+    """A stable id for a bundle file (the same file gets the same id, so a chunk delivered twice
+    lands on the same place on the box)."""
+    return hashlib.sha256(bundle_file.read_bytes()).hexdigest()[:32]
+
+
+def chunk_messages(
+    bundle_file: Path, bundle_id: str, chunk_size: int = CHUNK_SIZE
+) -> list[tuple[str, dict[str, Any]]]:
+    """The downlink messages (type, body) carrying `bundle_file`, in order."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    data = bundle_file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    count = max(1, -(-len(data) // chunk_size))
+    return [
+        (
+            "bundle_chunk",
+            {
+                "bundle_id": bundle_id,
+                "index": i,
+                "count": count,
+                "sha256": digest,
+                "size": len(data),
+                "data": base64.b64encode(data[i * chunk_size : (i + 1) * chunk_size]).decode(),
+            },
+        )
+        for i in range(count)
+    ]
+
+
+# -- the site's "used" delta ----------------------------------------------------------------------
+
+
+def _site_boxes(store: HubStore, site: str) -> list[str]:
+    return [str(b) for (b,) in store.conn.execute("SELECT box FROM boxes WHERE site = ?", (site,))]
+
+
+def _used_entry(store: HubStore, rid: str) -> tuple[bytes, bytes, str, str, int, int] | None:
+    """The USED entry for a redemption the hub holds, or None when it is not (or no longer) a
+    use: voided, not confirmed yet, nobody passed, or missing what the box keys on."""
+    c = store.conn
+    row = c.execute(
+        "SELECT canonical_id, list_id, direction, voided, event_id, at FROM redemptions "
+        "WHERE id = ?",
+        (rid,),
+    ).fetchone()
+    if row is None:
+        return None
+    cid, list_id, direction, voided, event_id, at = row
+    if voided or not cid or not list_id or direction not in ("entry", "exit"):
+        return None
+    ev = c.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+    body: dict[str, Any] = json.loads(ev[0]) if ev else {}
+    passed: Any = body.get("passed") if body.get("state") == "confirmed" else None
+    if passed is None:
+        conf = c.execute(
+            "SELECT body FROM events WHERE type = 'redemption_confirmed' AND redemption_id = ? "
+            "ORDER BY at DESC LIMIT 1",
+            (rid,),
+        ).fetchone()
+        if conf is None:
+            return None  # still pending: the gate may not open, the box may void it
+        passed = json.loads(conf[0]).get("passed", body.get("persons", 1))
+    if not isinstance(passed, int) or isinstance(passed, bool) or passed < 1:
+        return None
+    try:
+        rid_b, cid_b = bytes.fromhex(rid), bytes.fromhex(str(cid))
+    except ValueError:
+        return None
+    if len(rid_b) != 16 or len(cid_b) != 16:
+        return None
+    return (rid_b, cid_b, str(list_id), str(direction), min(passed, 255), int(at or 0))
+
+
+def used_entries(
+    store: HubStore, site: str, since: float
+) -> tuple[list[tuple[bytes, bytes, str, str, int, int]], float]:
+    """USED entries for the redemptions of the site's boxes whose redemption or confirmation
+    the hub stored after `since` (received_at), and the new cursor."""
+    boxes = _site_boxes(store, site)
+    if not boxes:
+        return [], since
+    marks = ",".join("?" * len(boxes))
+    rows = store.conn.execute(
+        f"SELECT received_at, type, body, redemption_id FROM events WHERE received_at > ? "
+        f"AND type IN ('redemption', 'redemption_confirmed') AND box IN ({marks}) "
+        "ORDER BY received_at",
+        (since, *boxes),
+    ).fetchall()
+    cursor = since
+    rids: dict[str, None] = {}
+    for received_at, etype, body_text, event_rid in rows:
+        cursor = max(cursor, float(received_at))
+        body = json.loads(body_text)
+        rid = body.get("id") if etype == "redemption" else body.get("redemption_id")
+        rid = rid if isinstance(rid, str) else event_rid
+        if isinstance(rid, str):
+            rids[rid] = None
+    entries = [e for e in (_used_entry(store, rid) for rid in rids) if e is not None]
+    entries.sort(key=lambda e: e[0])  # key order: the box appends to its B-tree
+    return entries, cursor
+
+
+def used_delta(
+    hub: Hub, store: HubStore, site: str, since: float | None = None, now: float | None = None
+) -> Path | None:
+    """Write the site's next delta bundle with the uses stored since `since` (default: the
+    cursor the last delta recorded); None when there is nothing new. The cursor moves only once
+    the bundle is written."""
+    state = hub.site_state(site)
+    start = float(state.get(CURSOR_KEY, 0.0)) if since is None else since
+    entries, cursor = used_entries(store, site, start)
+    if not entries:
+        if cursor > start:
+            state[CURSOR_KEY] = cursor
+            hub.save_site_state(site, state)
+        return None
+    if state.get("seq", 0) < 1:
+        log.warning("site %s has no bundle yet; its used delta waits for a snapshot", site)
+        return None
+    out_dir = hub.site_dir(site) / "bundles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seq = int(state["seq"]) + 1
+    out = out_dir / f"{seq:08d}-used.bundle"
+    t = int(time.time() if now is None else now)
+    hub.write_bundle(
+        site,
+        out,
+        BundleContent(used=entries),
+        snapshot=False,
+        now=t,
+        expires_days=USED_EXPIRES_DAYS,
+    )
+    state = hub.site_state(site)  # write_bundle saved the new seq
+    state[CURSOR_KEY] = cursor
+    hub.save_site_state(site, state)
+    log.info("site %s: used delta seq %d with %d uses", site, seq, len(entries))
+    return out
+
+
+class UsedDebounce:
+    """Which sites owe a used delta: a batch with redemption events marks its site due after
+    `delay_s`, and later batches in that window ride on the same delta. Worker thread only."""
+
+    def __init__(self, delay_s: float = 1.0) -> None:
+        self.delay_s = delay_s
+        self._due: dict[str, float] = {}
+
+    def note(self, site: str, events: Iterable[Event], now: float | None = None) -> None:
+        if any(e.type in USED_EVENT_TYPES for e in events):
+            self._due.setdefault(site, (time.monotonic() if now is None else now) + self.delay_s)
+
+    def due(self, now: float | None = None) -> list[str]:
+        t = time.monotonic() if now is None else now
+        sites = [s for s, at in self._due.items() if at <= t]
+        for s in sites:
+            del self._due[s]
+        return sites
