@@ -43,6 +43,8 @@ from edge.service import RedemptionService
 log = logging.getLogger(__name__)
 
 FIRE_POLL_S = 1.0
+# A read blocks the scanner's thread this long at most: the beep for a decision waits behind it.
+SCAN_READ_S = 0.05
 COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
 MAX_OPEN = 100  # persons per gate command (drivers.gate.MAX_PERSONS); larger groups in turns
 
@@ -110,7 +112,7 @@ class Lane:
                 await _sleep_or_stop(stop, 0.2)
                 continue
             try:
-                scan = await slot.call(Scanner.read, 0.2)
+                scan = await slot.call(Scanner.read, SCAN_READ_S)
             except DeviceDown:
                 continue
             except DriverError as err:  # unplugged: down until the supervisor reopens it
