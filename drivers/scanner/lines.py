@@ -15,6 +15,7 @@ Rules, in the order a technician would ask about them:
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from drivers.scanner import gm65
 
@@ -23,13 +24,18 @@ log = logging.getLogger(__name__)
 TERMINATORS = {"crlf": b"\r\n", "tab": b"\t", "none": b""}
 
 
+FRAMES_KEPT = 64
+
+
 class LineAssembler:
     def __init__(self, device: str, suffix: str, max_len: int, gap: float) -> None:
         self.device = device
         self.terminators = TERMINATORS[suffix]
         self.max_len = max_len
         self.gap = gap
-        self.frames: list[bytes] = []  # echoed commands and reader replies seen
+        # Echoed commands and reader replies, the latest ones only (diagnostics): a reader acks
+        # every feedback command, so an unbounded list grew ~50-300 bytes per scan.
+        self.frames: deque[bytes] = deque(maxlen=FRAMES_KEPT)
         self.dropped = 0  # partial, over-long lines dropped
         self._buf = bytearray()
         self._overflow = False

@@ -100,8 +100,8 @@ class SerialScanner(Scanner):
 
     @property
     def frames(self) -> list[bytes]:
-        """Command echoes and reader replies taken out of the stream (diagnostics)."""
-        return self._lines.frames
+        """The latest command echoes and reader replies taken out of the stream (diagnostics)."""
+        return list(self._lines.frames)
 
     @override
     def _open(self) -> None:

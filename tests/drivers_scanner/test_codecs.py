@@ -8,7 +8,7 @@ import pytest
 from drivers.errors import DeviceConfigError, DeviceInitError
 from drivers.registry import BACKENDS, load
 from drivers.scanner import Deduper, Scanner, decode_text, gm65
-from drivers.scanner.lines import LineAssembler
+from drivers.scanner.lines import FRAMES_KEPT, LineAssembler
 from drivers.scanner.serial_scanner import SerialScanner, is_line_noise, split_aim
 
 
@@ -75,7 +75,7 @@ def test_lines_take_gm65_frames_out_of_the_stream() -> None:
     echo = gm65.encode_out1(True)
     assert lines.feed(echo[:3], 0.0) == []
     assert lines.feed(echo[3:] + gm65.ACK + b"SCAN\r", 0.01) == [b"SCAN"]
-    assert lines.frames == [echo, gm65.ACK]
+    assert list(lines.frames) == [echo, gm65.ACK]
 
 
 def test_line_noise_and_aim() -> None:
@@ -122,3 +122,10 @@ def test_missing_port_gives_a_hint() -> None:
 def test_every_registered_backend_loads_and_is_a_scanner() -> None:
     for driver in BACKENDS["scanner"]:
         assert issubclass(load("x", "scanner", driver), Scanner)
+
+
+def test_reader_replies_kept_for_diagnostics_are_bounded() -> None:
+    lines = LineAssembler("t", "crlf", 16, gap=0.1)
+    for i in range(1000):
+        lines.feed(gm65.ACK, float(i))
+    assert len(lines.frames) == FRAMES_KEPT  # a reader acks every beep: never grows per scan
