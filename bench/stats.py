@@ -80,6 +80,14 @@ TARGETS = (
     Target("camera_empty_cpu_pct", 25.0, "%"),
     Target("camera_degraded_decode_rate", 0.9, "", at_least=True),
     Target("kitchen_ticket_text_ms", 20.0, "ms"),
+    # issue 4, "Performance" (bench/daemon.py)
+    Target("scan_to_gate_p99_ms", 20.0, "ms"),
+    Target("scan_to_gate_loaded_p99_ms", 50.0, "ms"),
+    Target("print_job_to_bytes_p99_ms", 100.0, "ms"),
+    Target("start_to_ready_s", 3.0, "s"),
+    Target("start_to_ready_max_s", 3.0, "s"),
+    Target("idle_rss_mb", 150.0, "MB"),
+    Target("rss_growth_200k_scans_mb", 20.0, "MB"),
 )
 
 
