@@ -72,6 +72,8 @@ class Turnstile:
         """Digital input levels DI1..DIcount at `now`."""
         out = [False] * count
         with self._lock:
+            # PASS pulses already over can never be seen again: drop them, or a long demo slows.
+            self._events = [ev for ev in self._events if ev[2] > now - 1.0]
             for pin, start, end in self._events:
                 if start <= now < end and pin <= count:
                     out[pin - 1] = True
