@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
@@ -62,7 +63,7 @@ def _labels_text(names: Sequence[str], values: Sequence[str]) -> str:
     return "{" + inner + "}"
 
 
-class _Metric:
+class _Metric(ABC):
     kind = "untyped"
 
     def __init__(self, name: str, help: str, labels: Iterable[str]) -> None:
@@ -95,8 +96,9 @@ class _Metric:
     def _header(self) -> list[str]:
         return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
 
+    @abstractmethod
     def _render(self) -> list[str]:
-        raise NotImplementedError
+        """The metric's sample lines."""
 
 
 class _ValueMetric(_Metric):

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -58,7 +59,7 @@ def _print_checked(printer: Printer, job: Job) -> JobResult:
     return printer.print_job(job)
 
 
-class SpoolWorkers:
+class SpoolWorkers(ABC):
     """The workers and the printers' trouble state; PrintSpool supplies `_q` (spool.db)."""
 
     RESTART_MIN_S = BACKOFF_MIN_S  # a crashed worker's restart backoff ...
@@ -85,9 +86,9 @@ class SpoolWorkers:
         self._trouble_since: dict[str, float] = {}  # printer -> when it stopped printing
         self._active: dict[str, str] = {}  # station -> its printer after a failover
 
+    @abstractmethod
     async def _q(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(db, *args)` on the spool-db thread (a SpoolDB method)."""
-        raise NotImplementedError
+        """`fn(db, *args)` on the spool-db thread (a SpoolDB method); PrintSpool provides it."""
 
     # -- events --
 
