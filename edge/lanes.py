@@ -223,16 +223,15 @@ class Lane:
                     "line_en": LINE_AGAIN[1],
                 }
             )
-        if self.cfg.kind == "gate":
-            cid = await self.db.call(self.svc.identify_id, text, self.name)
-            now = time.monotonic()
-            if cid is not None and self.state.recent.get(cid, 0.0) > now:
-                self.state.duplicates += 1
-                log.debug("lane %s: %s read again while at the reader: ignored", self.name, fp)
-                return {"lane": self.name, "duplicate": True, "code_fp": fp}
+        # The same ticket (canonical id, so a rotating code's next frame too) read again while its
+        # visitor is still at the reader: nothing happens. The service checks it with the one
+        # verification of the scan and writes nothing then.
+        ignore = self._at_reader if self.cfg.kind == "gate" else None
         if self.cfg.kind == "gate" and (self.gate is None or not self.gate.up):
             # The gate cannot open: say so and record nothing (the ticket stays unused).
-            decision = await self.db.call(self.svc.validate, text, self.name)
+            decision = await self.db.call(self.svc.validate, text, self.name, ignore=ignore)
+            if decision.extra.get("duplicate"):
+                return self._duplicate(fp)
             self._feedback(False, LINE_FAULT)
             return self._publish(
                 decision.to_json()
@@ -245,7 +244,9 @@ class Lane:
                     "line_en": LINE_FAULT[1],
                 }
             )
-        decision = await self.db.call(self.svc.redeem, text, self.name)
+        decision = await self.db.call(self.svc.redeem, text, self.name, ignore=ignore)
+        if decision.extra.get("duplicate"):
+            return self._duplicate(fp)
         latency = time.monotonic() - t0
         outcome: dict[str, Any] = {}
         if decision.admit and self.cfg.kind == "gate":
@@ -442,6 +443,15 @@ class Lane:
         self.state.last = data
         self.bus.publish("decision", **data)
         return data
+
+    def _at_reader(self, canonical_id: str) -> bool:
+        """Runs on the database thread: a read of a dict the loop writes (atomic in CPython)."""
+        return self.state.recent.get(canonical_id, 0.0) > time.monotonic()
+
+    def _duplicate(self, fp: str) -> dict[str, Any]:
+        self.state.duplicates += 1
+        log.debug("lane %s: %s read again while at the reader: ignored", self.name, fp)
+        return {"lane": self.name, "duplicate": True, "code_fp": fp}
 
     def _prune_recent(self) -> None:
         now = time.monotonic()

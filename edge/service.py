@@ -28,6 +28,11 @@ from edge.store import transaction
 from edge.trust import TrustAnchor
 
 log = logging.getLogger(__name__)
+Ignore = Callable[[str], bool]
+
+
+def _ignored(d: Decision, ignore: Ignore | None) -> bool:
+    return ignore is not None and d.canonical_id is not None and ignore(d.canonical_id)
 
 
 class RedemptionService:
@@ -54,10 +59,14 @@ class RedemptionService:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def validate(self, text: str, lane: str, at: float | None = None) -> Decision:
+    def validate(
+        self, text: str, lane: str, at: float | None = None, *, ignore: Ignore | None = None
+    ) -> Decision:
         """Dry run: what `redeem` would decide now, without writing anything."""
         now = self.clock() if at is None else at
         d = self._decide(text, self._lane(lane), now, record_failure=True)[0]
+        if _ignored(d, ignore):
+            return d.with_(extra={"duplicate": True})
         self._log(d, text, "validate")
         return d
 
@@ -69,11 +78,13 @@ class RedemptionService:
         redemption_id: bytes | None = None,
         at: float | None = None,
         confirm_now: bool | None = None,
+        ignore: Ignore | None = None,
     ) -> Decision:
         """Decide and, on admit, durably record a redemption (PENDING, or CONFIRMED at a counter).
 
         `redemption_id` is reused by every retry of the same scan: a retry returns the recorded
-        decision instead of redeeming twice.
+        decision instead of redeeming twice. `ignore(canonical_id)` True (a lane's visitor still
+        at the reader) returns the decision marked `extra["duplicate"]` and writes nothing.
         """
         now = self.clock() if at is None else at
         cfg = self._lane(lane)
@@ -82,6 +93,8 @@ class RedemptionService:
         with transaction(self.ledger.conn):
             done = self.ledger.get(redemption_id) if redemption_id is not None else None
             decision, ident = self._decide(text, cfg, now, record_failure=done is None)
+            if done is None and _ignored(decision, ignore):
+                return decision.with_(extra={"duplicate": True})
             if done is not None:
                 decision = self._retry(done, decision)
             elif decision.admit and ident is not None:
@@ -170,19 +183,6 @@ class RedemptionService:
                 "redemption_voided", {"redemption_id": r.id.hex(), "why": why}, now, r.id
             )
         return self._require(redemption_id)
-
-    def identify_id(self, text: str, lane: str, at: float | None = None) -> str | None:
-        """The canonical id a scan stands for (None when it does not verify). Writes nothing and
-        counts no failure: lanes use it to recognise the same ticket read again."""
-        now = self.clock() if at is None else at
-        try:
-            if not self.view.refresh():
-                return None
-            return self.identifier.identify(
-                text, self._lane(lane).name, now, False
-            ).cred.canonical_id
-        except CodeError as err:  # a replayed or stale rotating code still names its ticket
-            return err.canonical_id
 
     def zone_full(self, zone_id: str | None, zone: dict[str, Any] | None = None) -> int | None:
         """The zone's capacity: the config's `full` threshold if set, else the bundle's."""

@@ -92,3 +92,13 @@ def test_a_daemon_json_left_by_a_killed_daemon_is_ignored(tmp_path: Path) -> Non
     (tmp_path / "daemon.json").write_text(json.dumps({"pid": 1, "url": "http://127.0.0.1:1"}))
     (tmp_path / "edge.lock").touch()
     assert daemon_url(tmp_path) is None  # the lock is free: nobody runs here
+
+
+def test_a_ticket_read_again_at_the_reader_writes_nothing(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    code = site.ticket()
+    with running(site) as d:
+        assert d.scan("entry", code)["state"] == "confirmed"
+        before = len(d.outbox())
+        assert d.scan("entry", code).get("duplicate") is True
+        assert len(d.outbox()) == before  # no scan_denied event for the visitor still there
