@@ -55,6 +55,12 @@ class Proc:
             time.sleep(0.05)
         raise AssertionError("daemon not ready: " + self.output())
 
+    def wait_gate_open(self, lane: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.api("GET", "/api/v1/lanes")[lane]["busy"]:
+            assert time.monotonic() < deadline, "gate never opened"
+            time.sleep(0.05)
+
     def output(self) -> str:
         return (self.site.root / "daemon.log").read_text(errors="replace")
 
@@ -88,6 +94,21 @@ def procs() -> Iterator[list[Proc]]:
             p.p.kill()
             p.p.wait(10)
         p.log.close()
+
+
+def scan_command(site: Site, lane: str, code: str) -> list[str]:
+    """`edge scan` for a lane of the daemon running on `site` (as a technician types it)."""
+    return [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "scan",
+        "--home",
+        str(site.home),
+        "--lane",
+        lane,
+        code,
+    ]
 
 
 def ledger_rows(site: Site, sql: str) -> list[tuple[Any, ...]]:
@@ -134,25 +155,12 @@ def test_sigterm_during_a_passage_stops_within_5s_and_voids(
     procs.append(p)
     p.wait_ready()
     scan = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge.cli",
-            "scan",
-            "--home",
-            str(site.home),
-            "--lane",
-            "entry",
-            code,
-        ],
+        scan_command(site, "entry", code),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 10
-    while not p.api("GET", "/api/v1/lanes")["entry"]["busy"]:
-        assert time.monotonic() < deadline, "gate never opened"
-        time.sleep(0.05)
+    p.wait_gate_open("entry")
     took = p.stop(signal.SIGTERM)
     out, _ = scan.communicate(timeout=10)
     assert took < 5.0, took
@@ -191,24 +199,11 @@ def test_sigkill_then_restart_loses_and_doubles_nothing(tmp_path: Path, procs: l
     )
     assert job["id"] == "job-1"
     scan = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge.cli",
-            "scan",
-            "--home",
-            str(site.home),
-            "--lane",
-            "entry",
-            code,
-        ],
+        scan_command(site, "entry", code),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while not p.api("GET", "/api/v1/lanes")["entry"]["busy"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    p.wait_gate_open("entry")
     held = [j for j in p.api("GET", "/api/v1/print/jobs") if j["id"] == "job-1"]
     assert held and held[0]["state"] in ("held", "queued")
     p.stop(signal.SIGKILL)
