@@ -201,6 +201,11 @@ class BundleReceiver:
                 log.info("bundle %s waits for seq %d before it can be imported", bundle_id, base)
                 return f"waiting for seq {base}"
             self.inbox.discard(bundle_id)
+            if err.reason == "rollback":
+                # Not newer than the active cache: the same bundle by two routes (the site's
+                # broadcast and a catch-up), or an old one delivered again. Nothing to do.
+                log.info("bundle %s already applied or older: %s", bundle_id, err.detail)
+                return f"already applied: {err.detail}"
             await self._refused(box, bundle_id, err)
             return f"refused: {err.reason}: {err.detail}"
         self.inbox.discard(bundle_id)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 NOTIFY_S = 0.2  # outbox rows are announced to the link at most this often
 RENEW_CHECK_S = 60.0
 ALERT_REPEAT_S = 86400.0
+CAUGHT_UP_KEY = "caught_up"  # ledger meta: "SEQ AT" once the box first caught up with its site
+CAUGHT_UP_WAIT_S = 60.0  # a `caught_up` waits this long for the bundles before it
 
 
 class CloudLink:
@@ -54,6 +56,7 @@ class CloudLink:
         self._alerted_at: float | None = None
         self._deferred: list[Down] = []  # stored certificates, handled once the loops run
         self._bundles: BundleReceiver | None = None  # made at the first bundle_chunk
+        self._caught_up: asyncio.Event | None = None  # set by the hub's `caught_up`
 
     async def start(self, box: Box) -> None:
         self.box, self._loop = box, asyncio.get_running_loop()
@@ -86,6 +89,58 @@ class CloudLink:
                 self._deferred.append(down)  # a swap waits for a connection: not at start
                 continue
             await self.handle(down)
+        await self._first_catch_up(box)
+
+    async def _first_catch_up(self, box: Box) -> None:
+        """A new or replacement box (never caught up) waits, before READY, for the site's
+        bundles and the uses made on the site's other boxes (docs/sync.md "Catch-up"); a box
+        that was caught up before starts at once and catches up in the background."""
+        self._caught_up = asyncio.Event()
+        assert box.svc is not None
+        ledger = box.svc.ledger
+        before: str | None = await box.db.call(ledger.meta, CAUGHT_UP_KEY)
+        if self.cfg.catch_up_s <= 0 or before:
+            return
+        log.info(
+            "new box: catching up with the site (up to %.0f s) before READY", self.cfg.catch_up_s
+        )
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), self.cfg.catch_up_s)
+        except TimeoutError:
+            log.warning(
+                "not caught up with the site after %.0f s (cloud unreachable?): starting with "
+                "the local cache; uses on other boxes arrive once the link is up",
+                self.cfg.catch_up_s,
+            )
+            box.bus.publish("cloud", type="caught_up", result="timeout")
+
+    async def _caught_up_msg(self, box: Box, body: dict[str, Any]) -> str:
+        """The hub sent what this box lacked up to `site_seq`: wait until the imports reach it
+        (bundles are handled as they arrive), then remember it."""
+        target = body.get("site_seq")
+        if not isinstance(target, int) or isinstance(target, bool) or target < 0:
+            return "refused: site_seq must be a number"
+        deadline = time.monotonic() + CAUGHT_UP_WAIT_S
+        while True:
+            await box.refresh_stats()
+            seq = box.stats.get("cache_seq") or 0
+            if seq >= target:
+                break
+            if time.monotonic() > deadline:
+                return f"incomplete: cache at seq {seq}, the site is at {target}"
+            await asyncio.sleep(0.1)
+        assert box.svc is not None
+        ledger = box.svc.ledger
+
+        def mark() -> None:
+            with transaction(ledger.conn):
+                ledger.set_meta(CAUGHT_UP_KEY, f"{seq} {time.time():.0f}")
+
+        await box.db.call(mark)
+        if self._caught_up is not None:
+            self._caught_up.set()
+        log.info("caught up with the site: cache at seq %d", seq)
+        return f"caught up at seq {seq}"
 
     def loops(self) -> list[tuple[str, Loop]]:
         return [("cloud-notify", self._notify_loop), ("cert-renewal", self._renew_loop)]
@@ -243,6 +298,8 @@ class CloudLink:
             return await self._bundles.handle(box, body)
         if down.type == "certificate":
             return await self._certificate(box, down)
+        if down.type == "caught_up":
+            return await self._caught_up_msg(box, body)
         if down.type == "conflict":
             box.bus.publish("conflict", **body)
             await box.record("conflict_received", {"id": down.id, **body})

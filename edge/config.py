@@ -101,6 +101,9 @@ class SyncConfig:
     ca: Path  # the broker's CA (pinned)
     cert: Path  # this box's client certificate (CN = [box] device)
     key: Path  # its key (made on the box, 0600)
+    # A new or replacement box waits this long at start for the site's bundles and uses
+    # (docs/sync.md "Catch-up") before READY; 0: never wait.
+    catch_up_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -241,9 +244,12 @@ def _sync(path: Path, base: Path, table: dict[str, Any] | None) -> SyncConfig | 
     host, sep, port = broker.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(path, "sync.broker", "HOST:PORT, e.g. mqtt.example.com:8883")
-    files = [base / sec.get(k, str, required=True) for k in ("ca", "cert", "key")]
+    ca, cert, key = (base / sec.get(k, str, required=True) for k in ("ca", "cert", "key"))
+    catch_up = sec.get("catch_up_s", float, 30.0)
+    if catch_up > 600:
+        raise ConfigError(path, "sync.catch_up_s", "seconds, 0 to 600")
     sec.done()
-    return SyncConfig(host.strip("[]"), int(port), *files)
+    return SyncConfig(host.strip("[]"), int(port), ca, cert, key, catch_up_s=float(catch_up))
 
 
 def _check_name(path: Path, key: str, name: str, what: str) -> None:

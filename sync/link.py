@@ -415,7 +415,13 @@ class Link:
         self._reader.wake()
         self._set(connected=True, since=now)
         extra = self.status_extra() if self.status_extra else {}
-        doc = _status_doc("online", version=self.version, outbox=self.store.depth(), **extra)
+        doc = _status_doc(
+            "online",
+            version=self.version,
+            outbox=self.store.depth(),
+            epoch=self.store.epoch,
+            **extra,
+        )
         self._status_mid = self._client.publish(
             protocol.up_status(self.box), doc, qos=1, retain=True
         ).mid

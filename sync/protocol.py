@@ -26,7 +26,15 @@ VERSION = 1
 MAX_BATCH_BYTES = 128 * 1024
 MAX_IN_FLIGHT = 20
 CTX_DOWNLINK = b"EDGE-DOWN1"
-DOWN_TYPES = ("bundle_chunk", "print", "command", "config", "certificate", "conflict")
+DOWN_TYPES = (
+    "bundle_chunk",
+    "print",
+    "command",
+    "config",
+    "certificate",
+    "conflict",
+    "caught_up",
+)
 COMMANDS = ("open_door", "reload_config", "request_status")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 _HEX = re.compile(r"[0-9a-f]+")

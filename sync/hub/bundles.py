@@ -196,3 +196,15 @@ class UsedDebounce:
         for s in sites:
             del self._due[s]
         return sites
+
+
+def snapshot_used(db: Path, site: str) -> list[tuple[bytes, bytes, str, str, int, int]]:
+    """Every use the hub holds for the site (for a snapshot: it replaces the box's whole cache,
+    so it must repeat what the used deltas told the box). Empty when there is no hub database."""
+    if not db.exists():
+        return []
+    store = HubStore(db, create=False)
+    try:
+        return used_entries(store, site, 0.0)[0]
+    finally:
+        store.close()

@@ -73,7 +73,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--delta", action="store_true", help="a delta on the last bundle")
     p.add_argument("--expires-days", type=float, default=30.0)
     p.add_argument("--at", help="issue time, ISO 8601 with UTC offset (default: now)")
+    p.add_argument("--db", type=Path, help="hub database for the site's uses (default: DIR/hub.db)")
     p.set_defaults(func=cmd_bundle)
+
+    p = hs.add_parser("publish", help="send a bundle file to a site's boxes (or one box)")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.add_argument("--site", help="every box of this site (the bundle is archived for new boxes)")
+    p.add_argument("--box", help="only this box")
+    p.add_argument("bundle", type=Path)
+    p.set_defaults(func=cmd_publish)
 
     _register_sync(hs)
 
@@ -187,6 +196,10 @@ def cmd_display(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     hub = Hub(args.dir)
     content = load_input(args.input) if args.input else BundleContent()
+    if not args.delta:  # a snapshot replaces the box's cache: it repeats every use the hub has
+        from sync.hub.bundles import snapshot_used
+
+        content.used = [*content.used, *snapshot_used(args.db or args.dir / "hub.db", args.site)]
     header = hub.site_bundle(
         args.site,
         args.out,
@@ -196,10 +209,42 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         expires_days=args.expires_days,
         default_lists=[DEFAULT_LIST],
     )
+    from sync.hub.catchup import archive_bundle
+
+    archive_bundle(hub, args.site, args.out)  # what a box joining later is caught up from
     kind = "delta" if args.delta else "snapshot"
     print(f"{kind} seq={header['seq']} site={args.site} -> {args.out}")
     print(json.dumps(header["counts"], sort_keys=True))
     print(f"expires {datetime.fromtimestamp(header['expires_at']).astimezone().isoformat()}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Queue a bundle's chunks in the hub database; a running `edge hub serve` sends them."""
+    from edge.store import transaction
+    from sync.hub.catchup import archive_bundle, queue_bundle
+    from sync.hub.store import HUB_DB, HubStore, load_registry
+
+    if bool(args.site) == bool(args.box):
+        raise ValueError("name one of --site or --box")
+    registry = load_registry(args.dir)
+    if args.box:
+        if args.box not in registry:
+            raise ValueError(f"box {args.box!r} is not registered (edge hub register)")
+        boxes = [args.box]
+    else:
+        boxes = sorted(b for b, s in registry.items() if s == args.site)
+    hub = Hub(args.dir)
+    path = archive_bundle(hub, args.site, args.bundle) if args.site else args.bundle
+    store = HubStore(args.db or args.dir / HUB_DB)
+    try:
+        with transaction(store.conn):
+            bundle_id, n = queue_bundle(store, hub, boxes, path)
+    finally:
+        store.close()
+    print(f"bundle {bundle_id}: {n} messages queued for {len(boxes)} boxes; archived as {path}")
+    if not boxes:
+        print("no box is registered for this site yet: each gets it when it first connects")
     return 0
 
 

@@ -188,7 +188,7 @@ class Enroller:
         return self._answer(box, site, cert, serial, t)
 
     def _answer(self, box: str, site: str, cert: bytes, serial: str, now: float) -> dict[str, Any]:
-        from sync.hub.serve import sign_message  # serve imports this module
+        from sync.hub.signing import sign_message
 
         broker_ca = self.broker_ca.read_text(encoding="ascii")
         body = {"box": box, "site": site, "cert": cert.decode("ascii"), "broker_ca": broker_ca}

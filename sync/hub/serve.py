@@ -44,9 +44,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.store import transaction
 from sync import protocol
-from sync.hub.bundles import CHUNK_SIZE, UsedDebounce, bundle_id_of, chunk_messages, used_delta
+from sync.hub.bundles import CHUNK_SIZE, UsedDebounce, used_delta
+from sync.hub.catchup import archive_bundle, queue_bundle, queue_catch_up
 from sync.hub.enroll import Signer
 from sync.hub.issuer import Hub
+from sync.hub.signing import sign_message
 from sync.hub.store import HUB_DB, HubStore, load_registry, registry_mtime
 from sync.pki import CsrRefused, cert_info, tls_client_context
 
@@ -64,22 +66,6 @@ BUNDLE_TTL_S = DAY
 USED_DEBOUNCE_S = 1.0  # redemptions of one burst ride on one used delta
 NO_MATCHING_SUBSCRIBERS = 0x10
 MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-
-
-def sign_message(
-    hub: Hub, msg_type: str, body: dict[str, Any], ttl_s: float, msg_id: str, now: float
-) -> bytes:
-    """A downlink message signed with the hub's active key (its anchor certificate inside)."""
-    kid = hub.active_kid()
-    return protocol.sign_down(
-        msg_type,
-        body,
-        msg_id=msg_id,
-        issued_at=now,
-        ttl_s=ttl_s,
-        key=hub.signing_key(kid),
-        cert_hex=hub.cert_hex(kid),
-    )
 
 
 def queue_message(
@@ -455,10 +441,24 @@ class HubServer:
             self._db().set_status(box, site, doc, time.time())
         log.info("box %s is %s", box, state)
         if state == "online":
+            self._catch_up(box, site, doc)
             # Its session exists now: what "no matching subscribers" held back goes again.
             for msg_id in [m for m, (b, _) in self._retry_at.items() if b == box]:
                 del self._retry_at[msg_id]
             self._next_tick = 0.0
+
+    def _catch_up(self, box: str, site: str, doc: dict[str, Any]) -> None:
+        """Queue the bundles an online box lacks, then `caught_up` (sync/hub/catchup.py)."""
+        have, epoch = doc.get("cache_seq"), doc.get("epoch")
+        if have is not None and (not isinstance(have, int) or isinstance(have, bool)):
+            self._refuse(box, "malformed", f"status cache_seq {have!r}")
+            return
+        try:
+            store = self._db()
+            with transaction(store.conn):
+                queue_catch_up(store, self.hub, box, site, have, str(epoch or "-"), time.time())
+        except Exception:
+            log.exception("hub: catch-up for %s failed", box)
 
     def _on_csr(self, box: str, payload: bytes) -> None:
         """A renewal request: sign it for the topic's box, answer with a `certificate`."""
@@ -557,18 +557,12 @@ class HubServer:
             boxes = sorted(b for b, s in self._registry.items() if s == site_or_box)
         if not boxes:
             raise ValueError(f"{site_or_box!r} is neither a registered box nor a site with boxes")
-        bundle_id = bundle_id_of(path)
-        chunks = chunk_messages(path, bundle_id, chunk_size)
-        now = time.time()
+        if site_or_box not in self._registry:  # a site's bundle: a box joining later needs it
+            path = archive_bundle(self.hub, site_or_box, path)
         store = self._db()
         with transaction(store.conn):
-            for box in boxes:
-                for i, (msg_type, body) in enumerate(chunks):
-                    msg_id = f"bundle-{bundle_id[:20]}-{i}-{box}"
-                    t = now + i * 1e-6  # created_at keeps the chunks (and bundles) in order
-                    payload = sign_message(self.hub, msg_type, body, BUNDLE_TTL_S, msg_id, t)
-                    store.queue_down(msg_id, box, msg_type, payload, t, BUNDLE_TTL_S)
-        log.info("bundle %s (%d chunks) queued for %s", bundle_id, len(chunks), ", ".join(boxes))
+            bundle_id, n = queue_bundle(store, self.hub, boxes, path, chunk_size=chunk_size)
+        log.info("bundle %s (%d messages) queued for %s", bundle_id, n, ", ".join(boxes))
         return bundle_id
 
     def _publish_used(self) -> None:
