@@ -23,9 +23,12 @@ def _a(seq: int, base: int | None, expires: float = NOW + 100) -> Archived:
     return Archived(Path(f"{seq}.bundle"), seq, base, int(expires))
 
 
+def seqs(todo: list[Archived]) -> list[int]:
+    return [b.seq for b in todo]
+
+
 def test_the_plan_follows_the_delta_chain_or_falls_back_to_the_newest_snapshot() -> None:
     archive = [_a(1, None), _a(2, 1), _a(3, 2), _a(4, None), _a(5, 4)]
-    seqs = lambda todo: [b.seq for b in todo]  # noqa: E731
     todo, reach = plan(archive, 2, NOW)
     assert (seqs(todo), reach) == ([4, 5], 5)  # 3 does not lead to 5: the snapshot does
     todo, reach = plan(archive, 4, NOW)
