@@ -16,6 +16,8 @@ CA directory layout (`Ca.create`):
     crl.pem       the current CRL (mosquitto `crlfile`; send the broker SIGHUP after a change)
     revoked.json  revoked serials and the CRL number
     issued.jsonl  one line per certificate issued (serial, CN, validity), to revoke a box by name
+    ca.lock       held (flock) while revoked.json and crl.pem change: the serving hub (renewals)
+                  and `edge hub revoke` may revoke at the same time
 
 A CRL has a nextUpdate; OpenSSL refuses every client once it has passed, so whoever runs the CA
 must call `write_crl()` well before `CRL_VALID_S` runs out (and SIGHUP the broker).
@@ -24,7 +26,9 @@ A CA object is not thread-safe: one owner (the hub) issues and revokes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import logging
@@ -32,7 +36,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,6 +62,7 @@ CA_KEY = "ca.key"
 CRL_FILE = "crl.pem"
 REVOKED_FILE = "revoked.json"
 ISSUED_FILE = "issued.jsonl"
+LOCK_FILE = "ca.lock"
 
 
 class PkiError(EdgeError):
@@ -364,15 +369,23 @@ class Ca:
 
     def serials_for(self, cn: str) -> list[int]:
         """Serials of every certificate this CA issued to `cn` (to revoke a box by name)."""
+        return [c.serial for c in self.issued_to(cn)]
+
+    def issued_to(self, cn: str) -> list[CertInfo]:
+        """Every certificate this CA issued to `cn`, in the order it issued them."""
         path = self.dir / ISSUED_FILE
         if not path.exists():
             return []
         out = []
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                if row["cn"] == cn:
-                    out.append(int(row["serial"], 16))
+            except ValueError:
+                continue  # blank, or a line being appended right now
+            if row["cn"] == cn:
+                serial = int(row["serial"], 16)
+                nb, na = float(row["not_before"]), float(row["not_after"])
+                out.append(CertInfo(cn, nb, na, self.name, serial))
         return out
 
     def issue_server(
@@ -477,17 +490,35 @@ class Ca:
     def revoked_serials(self) -> set[int]:
         return {int(s, 16) for s in self._state()[1]}
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Across processes and threads (each call opens its own file description)."""
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def revoke(self, serial: int, *, now: float | None = None) -> None:
         """Add `serial` to the CRL and rewrite crl.pem. The broker applies it after SIGHUP, and
         only to new connections: a revoked box already connected stays until it reconnects."""
-        number, revoked = self._state()
-        key = format(serial, "x")
-        if key in revoked:
-            return
-        revoked[key] = _now(now)
-        self._save_state(number, revoked)
-        self.write_crl(now=now)
-        log.info("revoked serial %s", key)
+        self.revoke_many([serial], now=now)
+
+    def revoke_many(self, serials: Iterable[int], *, now: float | None = None) -> list[int]:
+        """Revoke several serials with one new CRL; returns those that were not revoked yet
+        (none: crl.pem is left as it is)."""
+        with self._locked():
+            number, revoked = self._state()
+            new = [s for s in dict.fromkeys(serials) if format(s, "x") not in revoked]
+            if not new:
+                return []
+            for s in new:
+                revoked[format(s, "x")] = _now(now)
+            self._save_state(number, revoked)
+            self._write_crl(now)
+        log.info("revoked serials %s", ", ".join(format(s, "x") for s in new))
+        return new
 
     def crl_pem(self, *, now: float | None = None) -> bytes:
         """The CRL as it stands (current CRL number), signed now and valid for CRL_VALID_S."""
@@ -515,6 +546,10 @@ class Ca:
 
     def write_crl(self, *, now: float | None = None) -> Path:
         """Sign a fresh CRL (next CRL number) into crl.pem. Call again before it expires."""
+        with self._locked():
+            return self._write_crl(now)
+
+    def _write_crl(self, now: float | None) -> Path:
         number, revoked = self._state()
         self._save_state(number + 1, revoked)
         write_atomic(self.crl_path, self.crl_pem(now=now))

@@ -13,6 +13,11 @@ any CA yet) can neither plant an anchor nor a broker CA.
 
 Signer is the one owner of the device CA in a hub process (the CA is not thread-safe): the
 enrollment server and the MQTT hub (renewals) share it.
+
+enroll.db also records every certificate the hub issues (`certificates`: box, serial, validity,
+when, at enrollment or renewal, and when it was revoked), which `edge hub revoke` and the
+revocation of superseded certificates after a renewal read (sync/hub/revoke.py). A revoked box id
+gets no claim and no enrollment: its replacement enrolls under a new id.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import json
 import logging
 import secrets
+import sqlite3
 import ssl
 import threading
 import time
@@ -32,7 +38,7 @@ from typing import Any
 from edge.store import Schema, open_db, transaction
 from sync import protocol
 from sync.hub.issuer import Hub
-from sync.hub.store import register_box
+from sync.hub.store import load_revoked, register_box
 from sync.pki import CN_RE, Ca, CsrRefused, cert_info
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,15 @@ ENROLL_SCHEMA = Schema(
             created_at REAL NOT NULL, expires_at REAL NOT NULL,
             used_at REAL, serial TEXT
         ) WITHOUT ROWID;
+        """,
+        """
+        CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY, box TEXT NOT NULL,
+            not_before REAL NOT NULL, not_after REAL NOT NULL,
+            issued_at REAL NOT NULL, via TEXT NOT NULL,
+            revoked_at REAL, reason TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX certificates_by_box ON certificates (box, not_before);
         """,
     ],
 )
@@ -85,6 +100,31 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def record_certificate(
+    conn: sqlite3.Connection, box: str, cert_pem: bytes, via: str, now: float
+) -> str:
+    """Remember a certificate the hub issued (inside the caller's transaction on enroll.db);
+    returns its serial (hex)."""
+    info = cert_info(cert_pem)
+    serial = format(info.serial, "x")
+    conn.execute(
+        "INSERT INTO certificates (serial, box, not_before, not_after, issued_at, via) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (serial, box, info.not_before, info.not_after, now, via),
+    )
+    return serial
+
+
+def record_issued(hub_dir: Path, box: str, cert_pem: bytes, via: str, now: float) -> str:
+    """record_certificate in a transaction of its own (the renewal path of a serving hub)."""
+    conn = open_db(hub_dir / ENROLL_DB, ENROLL_SCHEMA, create=True, check=False)
+    try:
+        with transaction(conn):
+            return record_certificate(conn, box, cert_pem, via, now)
+    finally:
+        conn.close()
+
+
 def make_claim(hub_dir: Path, box: str, site: str, ttl_s: float = DAY) -> str:
     """A new one-time claim token for `box` at `site`; only its hash is kept."""
     if not CN_RE.fullmatch(box):
@@ -93,6 +133,10 @@ def make_claim(hub_dir: Path, box: str, site: str, ttl_s: float = DAY) -> str:
         raise ValueError(f"site {site!r}: a non-empty name without '/'")
     if ttl_s <= 0:
         raise ValueError("claim lifetime must be positive")
+    if box in load_revoked(hub_dir):
+        raise ValueError(
+            f"box {box!r} was revoked: give its replacement a new box id / 该设备已吊销"
+        )
     token = secrets.token_urlsafe(24)
     now = time.time()
     conn = open_db(hub_dir / ENROLL_DB, ENROLL_SCHEMA, create=True)
@@ -172,11 +216,15 @@ class Enroller:
                         f"the claim is for box {box!r} at site {site!r}, "
                         f"not {req.box!r} at {req.site!r}",
                     )
+                if box in load_revoked(self.hub.dir):  # a claim made before the revocation
+                    raise EnrollRefused(
+                        403, "box_revoked", f"box {box!r} was revoked; enroll under a new id"
+                    )
                 try:
                     cert = self.signer.sign(req.csr, box)
                 except CsrRefused as err:
                     raise EnrollRefused(400, err.reason, err.detail) from err
-                serial = format(cert_info(cert).serial, "x")
+                serial = record_certificate(conn, box, cert, "enroll", t)
                 register_box(self.hub.dir, box, site)
                 conn.execute(
                     "UPDATE claims SET used_at = ?, serial = ? WHERE token_hash = ?",

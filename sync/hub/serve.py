@@ -46,10 +46,11 @@ from edge.store import transaction
 from sync import protocol
 from sync.hub.bundles import CHUNK_SIZE, UsedDebounce, used_delta
 from sync.hub.catchup import archive_bundle, queue_bundle, queue_catch_up
-from sync.hub.enroll import Signer
+from sync.hub.enroll import Signer, record_issued
 from sync.hub.issuer import Hub
+from sync.hub.revoke import BrokerReload, revoke_superseded
 from sync.hub.signing import sign_message
-from sync.hub.store import HUB_DB, HubStore, load_registry, registry_mtime
+from sync.hub.store import HUB_DB, HubStore, load_registry, load_revoked, registry_stamp
 from sync.pki import CsrRefused, cert_info, tls_client_context
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def queue_message(
     if not MSG_ID.fullmatch(msg_id):
         raise ValueError(f"message id {msg_id!r}: 1-100 of A-Z a-z 0-9 . _ : -")
     protocol.box_of(protocol.down_msg(box))  # raises ProtocolError for an impossible box id
+    if box in load_revoked(hub.dir):
+        raise ValueError(f"box {box!r} is revoked: nothing is queued for it / 设备已吊销")
     t = time.time() if now is None else now
     payload = sign_message(hub, msg_type, body, ttl_s, msg_id, t)
     with transaction(store.conn):
@@ -126,15 +129,20 @@ class HubServer:
         session_expiry_s: int = SESSION_EXPIRY_S,
         keepalive: int = 30,
         signer: Signer | None = None,
+        broker_reload: BrokerReload | None = None,
     ) -> None:
-        """`signer`: the device CA, to answer renewal CSRs (None: they are refused)."""
+        """`signer`: the device CA, to answer renewal CSRs (None: they are refused) and to revoke
+        the certificates a renewal superseded; `broker_reload`: makes the broker re-read the CRL
+        then (sync/hub/revoke.py)."""
         self.hub = hub
         self.signer = signer
+        self.broker_reload = broker_reload
         self.host, self.port, self.keepalive = host, port, keepalive
         self.db_path = db_path or hub.dir / HUB_DB
         self._fixed = dict(registry) if registry is not None else None
         self._registry: dict[str, str] = dict(self._fixed or {})
-        self._registry_mtime = -1.0
+        self._registry_stamp: tuple[int, int] | None = None
+        self._revoked: dict[str, dict[str, Any]] = {}
         self._session_expiry_s = session_expiry_s
         self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stats: Counter[str] = Counter()
@@ -343,17 +351,18 @@ class HubServer:
         self._flush(time.time())
 
     def _reload_registry(self) -> None:
-        if self._fixed is not None:
-            return
-        mtime = registry_mtime(self.hub.dir)
-        if mtime != self._registry_mtime:
-            self._registry_mtime = mtime
-            self._registry = load_registry(self.hub.dir)
+        stamp = registry_stamp(self.hub.dir)
+        if stamp != self._registry_stamp:
+            self._registry_stamp = stamp
+            self._revoked = load_revoked(self.hub.dir)
+            base = self._fixed if self._fixed is not None else load_registry(self.hub.dir)
+            self._registry = {b: s for b, s in base.items() if b not in self._revoked}
             log.info("hub: %d boxes registered", len(self._registry))
 
     def _site_of(self, box: str) -> str | None:
-        if box not in self._registry:
-            self._reload_registry()  # `edge hub register` may have just added it
+        # Checked before every message (one stat): `edge hub register` may have just added the
+        # box, `edge hub revoke` just revoked it; nothing of a revoked box is stored after that.
+        self._reload_registry()
         return self._registry.get(box)
 
     # -- uplink --------------------------------------------------------------------------------
@@ -374,7 +383,10 @@ class HubServer:
         if what == "up/status" and not payload:
             return  # a retained status being cleared
         site = self._site_of(box)
-        if site is None:
+        if site is None and box in self._revoked:
+            why = self._revoked[box].get("reason", "")
+            self._refuse(box, "revoked", f"{box} was revoked ({why}); {what} ignored")
+        elif site is None:
             self._refuse(box, "unknown_box", f"{box} is not in the registry ({what})")
         elif what == "up/events":
             self._on_events(box, site, payload)
@@ -401,6 +413,8 @@ class HubServer:
             for conflict in res.conflicts:
                 for side in conflict.sides:
                     target = str(side["box"])
+                    if target in self._revoked:
+                        continue  # a revoked box gets nothing more
                     msg_id = f"conflict-{conflict.id[:24]}-{target}"
                     payload_down = sign_message(
                         self.hub, "conflict", conflict.body(), CONFLICT_TTL_S, msg_id, now
@@ -426,6 +440,29 @@ class HubServer:
             self._client.publish(protocol.down_ack(box), ack, qos=1)
         if res.conflicts:
             self._next_tick = 0.0
+        renewed = [e for e in batch.events if e.type == "cert_renewed"]
+        if renewed:
+            self._superseded(box, renewed[-1].body)
+
+    def _superseded(self, box: str, body: dict[str, Any]) -> None:
+        """A box works with its renewed certificate: revoke its older ones (idempotent)."""
+        if self.signer is None:
+            log.warning("hub: %s renewed its certificate; no device CA to revoke the old one", box)
+            return
+        serial = body.get("serial")
+        try:
+            done = revoke_superseded(
+                self.hub.dir,
+                box,
+                serial if isinstance(serial, str) else None,
+                ca=self.signer.ca,
+                reload=self.broker_reload,
+            )
+        except Exception:
+            log.exception("hub: revoking the superseded certificates of %s failed", box)
+            self._count("revoke_failed")
+            return
+        self._count("certificates_revoked", len(done))
 
     def _on_status(self, box: str, site: str, payload: bytes) -> None:
         try:
@@ -489,6 +526,7 @@ class HubServer:
         except CsrRefused as err:
             self._refuse(box, f"csr_{err.reason}", err.detail)
             return
+        record_issued(self.hub.dir, box, cert, "renewal", now)  # for revocation, later
         body = {"cert": cert.decode("ascii")}
         signed = sign_message(self.hub, "certificate", body, CERT_TTL_S, msg_id, now)
         with transaction(store.conn):

@@ -1,5 +1,9 @@
 """The reference hub's database (hub.db) and its box registry (boxes.json).
 
+boxes.json: `{"v": 1, "boxes": {box id: site}, "revoked": {box id: {site, reason, at, serials}}}`,
+changed under a lock (`.boxes.lock`: enrollments and `edge hub revoke` may write at once) and
+replaced atomically. A revoked box is not in `boxes`, so whatever lists a site's boxes skips it.
+
 One connection, owned by the hub's worker thread (sync/hub/serve.py); `edge hub send` and
 `edge hub status` open their own (WAL lets them run beside a serving hub). Every write happens
 inside `edge.store.transaction`, so a batch's events, its stream's high-water mark, any conflict
@@ -19,11 +23,15 @@ row with a flag; both redemptions stay in history. A later void of either side m
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,24 +100,71 @@ HUB_SCHEMA = Schema(
 # -- registry ------------------------------------------------------------------------------------
 
 
-def load_registry(hub_dir: Path) -> dict[str, str]:
-    """box id -> site, from hub_dir/boxes.json (empty when absent)."""
+def _registry_doc(hub_dir: Path) -> dict[str, Any]:
     path = hub_dir / REGISTRY
     if not path.exists():
-        return {}
+        return {"v": 1, "boxes": {}}
     doc = json.loads(path.read_text(encoding="utf-8"))
-    return {str(k): str(v) for k, v in doc.get("boxes", {}).items()}
+    return doc if isinstance(doc, dict) else {"v": 1, "boxes": {}}
+
+
+def load_registry(hub_dir: Path) -> dict[str, str]:
+    """box id -> site, from hub_dir/boxes.json (empty when absent). Revoked boxes are not in it:
+    whatever reads the registry (events, bundles, used deltas) leaves them out."""
+    return {str(k): str(v) for k, v in _registry_doc(hub_dir).get("boxes", {}).items()}
+
+
+def load_revoked(hub_dir: Path) -> dict[str, dict[str, Any]]:
+    """Revoked box id -> {site, reason, at, serials} (sync/hub/revoke.py)."""
+    revoked = _registry_doc(hub_dir).get("revoked", {})
+    return {str(k): dict(v) for k, v in revoked.items()}
+
+
+@contextlib.contextmanager
+def _registry_locked(hub_dir: Path) -> Iterator[dict[str, Any]]:
+    """Read-modify-write of boxes.json under a lock: enrollments (threads of a serving hub) and
+    `edge hub revoke` (another process) must not lose each other's change."""
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(hub_dir / ".boxes.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        doc = _registry_doc(hub_dir)
+        yield doc
+        doc["boxes"] = dict(sorted(doc.get("boxes", {}).items()))
+        write_atomic(hub_dir / REGISTRY, json.dumps(doc, indent=1).encode())
+    finally:
+        os.close(fd)
 
 
 def register_box(hub_dir: Path, box: str, site: str) -> None:
-    """Bind a box identity (its certificate CN) to its site; a serving hub picks it up."""
+    """Bind a box identity (its certificate CN) to its site; a serving hub picks it up.
+    A revoked identity stays revoked: its replacement enrolls under a new box id."""
     if not CN_RE.fullmatch(box):
         raise ValueError(f"box id {box!r}: letters, digits, '.', '_', '-' (at most 64)")
     if not site or "/" in site:
         raise ValueError(f"site {site!r}: a non-empty name without '/'")
-    boxes = load_registry(hub_dir) | {box: site}
-    doc = {"v": 1, "boxes": dict(sorted(boxes.items()))}
-    write_atomic(hub_dir / REGISTRY, json.dumps(doc, indent=1).encode())
+    with _registry_locked(hub_dir) as doc:
+        if box in doc.get("revoked", {}):
+            raise ValueError(
+                f"box {box!r} was revoked: give its replacement a new box id / 该设备已吊销"
+            )
+        doc.setdefault("boxes", {})[box] = site
+
+
+def mark_revoked(
+    hub_dir: Path, box: str, reason: str, at: float, serials: list[str]
+) -> tuple[dict[str, Any], bool]:
+    """Move `box` from the registry's boxes to its revoked ones; (its entry, whether it was
+    revoked already). Revoking again keeps the first time and reason and adds serials."""
+    with _registry_locked(hub_dir) as doc:
+        boxes, revoked = doc.setdefault("boxes", {}), doc.setdefault("revoked", {})
+        already = box in revoked
+        entry = revoked.get(box) or {"site": boxes.get(box, ""), "reason": reason, "at": at}
+        entry["serials"] = sorted(set(entry.get("serials", [])) | set(serials))
+        revoked[box] = entry
+        boxes.pop(box, None)
+        doc["revoked"] = dict(sorted(revoked.items()))
+    return dict(entry), already
 
 
 def registry_mtime(hub_dir: Path) -> float:
@@ -117,6 +172,16 @@ def registry_mtime(hub_dir: Path) -> float:
         return os.stat(hub_dir / REGISTRY).st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def registry_stamp(hub_dir: Path) -> tuple[int, int]:
+    """(inode, mtime ns): boxes.json is replaced by a rename, so a change gives a new inode even
+    within one tick of the file system's clock."""
+    try:
+        st = os.stat(hub_dir / REGISTRY)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -367,6 +432,17 @@ class HubStore:
 
     # -- downlink ------------------------------------------------------------------------------
 
+    def retire(self, box: str, now: float) -> int:
+        """A revoked box: its queued downlink messages expire now (never sent) and it is offline.
+        Returns how many messages were dropped."""
+        cur = self.conn.execute(
+            "UPDATE outgoing SET expires_at = ?, last_reason = 'revoked' "
+            "WHERE box = ? AND accepted_at IS NULL AND expires_at > ?",
+            (now, box, now),
+        )
+        self.conn.execute("UPDATE boxes SET online = 0 WHERE box = ?", (box,))
+        return cur.rowcount
+
     def queue_down(
         self, msg_id: str, box: str, msg_type: str, payload: bytes, now: float, ttl_s: float
     ) -> bool:
@@ -414,7 +490,7 @@ class HubStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, now: float | None = None) -> dict[str, Any]:
         """What `edge hub status` prints."""
         c = self.conn
         boxes: dict[str, dict[str, Any]] = {}
@@ -432,8 +508,11 @@ class HubStore:
                 "acked_through": acked,
                 "at": at,
             }
+        # Expired messages are never sent (a revoked box's queue expires at once): not pending.
         pending = c.execute(
-            "SELECT box, count(*) FROM outgoing WHERE accepted_at IS NULL GROUP BY box"
+            "SELECT box, count(*) FROM outgoing WHERE accepted_at IS NULL AND expires_at > ? "
+            "GROUP BY box",
+            (time.time() if now is None else now,),
         )
         for box, n in pending:
             boxes.setdefault(box, {})["downlink_pending"] = int(n)

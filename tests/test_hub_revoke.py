@@ -1,0 +1,365 @@
+"""Revoking a box, and the old certificate after a renewal (docs/sync.md "Revoking a box").
+
+Real parts: mosquitto with mTLS, the ACL and a CRL (tests/broker.py, plus a pid file for the
+hub's SIGHUP), the reference hub (HubServer), the box's real Link over a real ledger, the daemon
+provisioned by `edge provision` for the renewal, and `edge hub revoke` as an operator runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.cli import main as edge_main
+from edge.ledger import Ledger
+from edge.store import transaction
+from sync import protocol
+from sync.hub.enroll import Enroller, EnrollRefused, EnrollRequest, EnrollServer, Signer, make_claim
+from sync.hub.issuer import Hub
+from sync.hub.revoke import BrokerReload, revoke_superseded
+from sync.hub.serve import HubServer
+from sync.hub.store import HubStore, load_registry, load_revoked, register_box
+from sync.link import Link
+from sync.link_store import LedgerLinkStore
+from sync.pki import make_key_and_csr
+from tests.broker import (  # noqa: F401
+    Broker,
+    CertFiles,
+    Pki,
+    Probe,
+    Probes,
+    pki_fixture,
+    probes_fixture,
+)
+from tests.daemon_kit import SITE as DAEMON_SITE
+from tests.daemon_kit import make_site, running
+
+SITE = "site-a"
+
+
+def wait(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(name="broker")
+def broker_fixture(pki: Pki, tmp_path: Path) -> Iterator[Broker]:
+    """The broker writes its pid, as a packaged mosquitto does: the hub SIGHUPs it."""
+    d = tmp_path / "broker"
+    b = Broker(pki, d, extra_conf=f"pid_file {d / 'mosquitto.pid'}\n").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def reload_of(broker: Broker) -> BrokerReload:
+    return BrokerReload(pid_file=broker.dir / "mosquitto.pid")
+
+
+def hub_server(
+    hub: Hub, broker: Broker, signer: Signer, reload: BrokerReload | None = None
+) -> HubServer:
+    pki = broker.pki
+    server = HubServer(
+        hub,
+        host=broker.host,
+        port=broker.port,
+        ca=pki.ca_file,
+        cert=pki.hub.cert,
+        key=pki.hub.key,
+        signer=signer,
+        broker_reload=reload,
+    )
+    try:
+        server.start().wait_ready()
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+def revoke_argv(hub: Hub, box: str, *extra: str) -> list[str]:
+    return ["hub", "revoke", "--dir", str(hub.dir), "--box", box, *extra]
+
+
+def full_revoke_argv(
+    hub: Hub, broker: Broker, box: str, reason: str, *, command: bool = False
+) -> list[str]:
+    """Everything: the CA, the broker as the hub, and its reload by pid file (or a command)."""
+    pki = broker.pki
+    assert broker.proc is not None
+    how = ["--broker-pid", str(broker.dir / "mosquitto.pid")]
+    if command:
+        how = ["--broker-reload", f"kill -HUP {broker.proc.pid}"]
+    return revoke_argv(
+        hub,
+        box,
+        *("--reason", reason, "--device-ca", str(pki.ca.dir)),
+        *("--broker", f"{broker.host}:{broker.port}", "--ca", str(pki.ca_file)),
+        *("--cert", str(pki.hub.cert), "--key", str(pki.hub.key)),
+        *how,
+    )
+
+
+def refused_revoked(server: HubServer) -> int:
+    return server.stats().get("refused_revoked", 0)
+
+
+def connect_refused(broker: Broker, cert: CertFiles, client_id: str) -> str:
+    """The TLS error a new connection with `cert` gets (fails the test if it connects)."""
+    probe = Probe(broker, cert, client_id=client_id)
+    try:
+        with pytest.raises(ssl.SSLError) as refused:
+            probe.connect()
+    finally:
+        probe.close()
+    return str(refused.value)
+
+
+class Box:
+    """A box's real cloud link over its own ledger."""
+
+    def __init__(self, stack: ExitStack, root: Path, broker: Broker, hub: Hub, cn: str) -> None:
+        self.cn = cn
+        self.cert = broker.pki.box(cn)
+        self.ledger = Ledger(root / cn / "ledger.db")
+        stack.callback(self.ledger.close)
+        self.link = Link(
+            LedgerLinkStore(self.ledger.path, box=cn, site=SITE),
+            host=broker.host,
+            port=broker.port,
+            ca=broker.pki.ca_file,
+            cert=self.cert.cert,
+            key=self.cert.key,
+            anchor=hub.anchor,
+            on_down=lambda _d: None,
+            resend_after=1.0,  # unacked batches go again every second: refused every time
+            backoff_max=1.0,  # and reconnects are tried often
+        )
+        stack.callback(self.link.stop)
+        self.link.start()
+        wait(lambda: self.link.status()["connected"], what=f"{cn} connected")
+
+    def append(self, n: int) -> None:
+        with transaction(self.ledger.conn):
+            for i in range(n):
+                self.ledger.append_event("passage", {"lane": "g1", "i": i}, time.time())
+        self.link.notify()
+
+    def outbox(self) -> int:
+        return int(self.ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def stored(hub: Hub, box: str) -> tuple[int, float]:
+    """(events stored for the box, when the last one was received)."""
+    store = HubStore(hub.dir / "hub.db", create=False)
+    try:
+        n, last = store.conn.execute(
+            "SELECT count(*), max(received_at) FROM events WHERE box = ?", (box,)
+        ).fetchone()
+    finally:
+        store.close()
+    return int(n), float(last or 0.0)
+
+
+def test_a_sighup_alone_does_not_cut_a_live_connection(broker: Broker, probes: Probes) -> None:
+    """mosquitto 2.0.11 reads the new CRL on SIGHUP for new connections only: why the hub also
+    takes over the box's session."""
+    cert = broker.pki.box("box-a")
+    live = probes(broker, cert)
+    broker.pki.ca.revoke(cert.serial)
+    broker.reload()
+    assert "revoked" in connect_refused(broker, cert, "box-a-again")
+    assert not live.publish(protocol.up_status("box-a"), b"").is_failure  # still in
+    assert not live.disconnected.is_set()
+
+
+def test_revoked_box_is_cut_and_refused_while_the_site_keeps_syncing(
+    tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = Hub.init(tmp_path / "hub", keys=1)
+    for cn in ("box-a", "box-b"):
+        register_box(hub.dir, cn, SITE)
+    with ExitStack() as stack:
+        server = hub_server(hub, broker, Signer(broker.pki.ca, 3600))
+        stack.callback(server.close)
+        a, b = (Box(stack, tmp_path, broker, hub, cn) for cn in ("box-a", "box-b"))
+        a.append(5)
+        b.append(5)
+        wait(lambda: a.outbox() == b.outbox() == 0, what="both boxes synced")
+        b_since = b.link.status()["since"]
+
+        # 1. The registry first (no CA, no broker given): the box is still connected, but
+        # what it publishes from now on is refused, never stored, never acked.
+        assert edge_main(revoke_argv(hub, "box-a", "--reason", "stolen 被盗")) == 0
+        out = capsys.readouterr().out
+        assert "revoked 已吊销 box-a" in out and "no --broker" in out
+        revoked_at = load_revoked(hub.dir)["box-a"]["at"]
+        assert a.link.status()["connected"]
+        a.append(3)
+        wait(lambda: refused_revoked(server) >= 2, what="box-a's batch refused (and resent)")
+        assert a.outbox() == 3
+        assert stored(hub, "box-a")[0] == 5
+        with pytest.raises(ValueError, match="revoked"):
+            server.send("box-a", "command", {"command": "request_status"}, ttl_s=60)
+
+        # 2. Again, all of it: CRL, SIGHUP through the pid file, the live session taken over.
+        mark = broker.log_size()
+        assert edge_main(full_revoke_argv(hub, broker, "box-a", "ignored: first reason stays")) == 0
+        out = capsys.readouterr().out
+        assert "(again 再次)" in out and "reason=stolen 被盗" in out
+        assert "broker reloaded=yes live session cut 已断开=yes" in out
+        wait(lambda: not a.link.status()["connected"], what="box-a cut", timeout=5)
+        log = broker.wait_log("Reloading config", since=mark)
+        assert "Client box-a already connected, closing old connection" in log
+        # It tries to come back (backoff 1 s) and the broker refuses its certificate each time.
+        broker.wait_log("certificate verify failed", timeout=10, since=mark)
+        assert not a.link.status()["connected"]
+        assert "revoked" in connect_refused(broker, a.cert, "box-a")
+
+        # The site's other box never noticed, and keeps syncing.
+        b.append(4)
+        wait(lambda: b.outbox() == 0, what="box-b synced after the revocation")
+        assert stored(hub, "box-b")[0] == 9
+        assert b.link.status()["connected"] and b.link.status()["since"] == b_since
+        # Nothing box-a sent after its revocation was stored.
+        n, last = stored(hub, "box-a")
+        assert n == 5 and last < revoked_at
+        assert a.outbox() == 3
+
+        assert edge_main(["hub", "status", "--dir", str(hub.dir)]) == 0
+        out = capsys.readouterr().out
+        assert "REVOKED 已吊销" in out and "refused 拒收 box-a revoked" in out
+        assert "revoked 已吊销 box-a site=site-a" in out and "reason=stolen 被盗" in out
+        assert "box-b site=site-a online" in out
+        # Nothing is queued for it any more, through any door.
+        argv = ["hub", "send", "--dir", str(hub.dir), "--box", "box-a"]
+        assert edge_main([*argv, "command", "request_status"]) == 2
+        assert "is revoked: nothing is queued for it" in capsys.readouterr().err
+
+
+def test_revoked_box_gets_no_certificate_and_no_enrollment(
+    tmp_path: Path, broker: Broker, probes: Probes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = broker.pki
+    hub = Hub.init(tmp_path / "hub", keys=1)
+    register_box(hub.dir, "box-a", SITE)
+    signer = Signer(pki.ca, 3600)
+    claim = make_claim(hub.dir, "box-a", SITE)  # made before the revocation
+    first = pki.box("box-a")
+    server = hub_server(hub, broker, signer, reload_of(broker))
+    try:
+        assert edge_main(full_revoke_argv(hub, broker, "box-a", "decommissioned")) == 0
+        capsys.readouterr()
+        assert first.serial in pki.ca.revoked_serials()
+        assert "box-a" not in load_registry(hub.dir)
+
+        # A certificate the CA issued afterwards (outside the hub) still gets the box nothing:
+        # its CSR is refused, no certificate comes down.
+        later = pki.issue("box-a", days=1)
+        probe = probes(broker, later, client_id="box-a-later")
+        probe.subscribe("gw/box-a/down/#")
+        _key, csr = make_key_and_csr("box-a")
+        before = refused_revoked(server)
+        doc = {"v": 1, "box": "box-a", "csr": csr.decode()}
+        assert not probe.publish(protocol.up_csr("box-a"), json.dumps(doc)).is_failure
+        wait(lambda: refused_revoked(server) > before, what="the CSR refused")
+        assert probe.get(1.0) is None
+        assert server.stats().get("certificates_issued", 0) == 0
+        probe.close()
+        # Revoking again finds that certificate too (the CA's record) and refuses it.
+        mark = broker.log_size()
+        argv = full_revoke_argv(hub, broker, "box-a", "again", command=True)
+        assert edge_main([*argv, "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["newly"] == [format(later.serial, "x")] and res["reloaded"] and res["cut"]
+        broker.wait_log("Reloading config", since=mark)
+        assert "revoked" in connect_refused(broker, later, "box-a-later")
+    finally:
+        server.close()
+
+    # The claim made before is refused, no new claim is made, the id cannot be registered.
+    enroller = Enroller(hub, signer, pki.ca_file)
+    with pytest.raises(EnrollRefused) as refused:
+        enroller.enroll(EnrollRequest("box-a", SITE, claim, make_key_and_csr("box-a")[1]))
+    assert (refused.value.status, refused.value.reason) == (403, "box_revoked")
+    argv = ["hub", "claim", "--dir", str(hub.dir), "--box", "box-a", "--site", SITE]
+    assert edge_main(argv) == 2
+    assert "give its replacement a new box id" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="revoked"):
+        register_box(hub.dir, "box-a", SITE)
+    assert "box-a" not in load_registry(hub.dir)
+    make_claim(hub.dir, "box-a2", SITE)  # the replacement: a new identity at the same site
+
+
+def test_after_a_renewal_the_old_certificate_no_longer_connects(
+    tmp_path: Path, pki: Pki, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Certificates for 45 s (+60 s backdated): the daemon renews ~10 s after enrollment,
+    reports cert_renewed, and the hub revokes the enrollment certificate and SIGHUPs the broker."""
+    site = make_site(tmp_path)
+    signer = Signer(pki.ca, 45)
+    hub = site.hub
+    with ExitStack() as stack:
+        server = HubServer(
+            hub,
+            host=broker.host,
+            port=broker.port,
+            ca=pki.ca_file,
+            cert=pki.hub.cert,
+            key=pki.hub.key,
+            db_path=site.root / "hub.db",
+            signer=signer,
+            broker_reload=reload_of(broker),
+        )
+        stack.enter_context(server)
+        server.wait_ready()
+        enroll = EnrollServer(Enroller(hub, signer, pki.ca_file), "127.0.0.1", 0, *tls(pki))
+        stack.enter_context(enroll)
+        argv = ["provision", "--site", DAEMON_SITE, "--device", "box-e2e"]
+        argv += ["--home", str(site.home), "--broker", f"127.0.0.1:{broker.port}"]
+        argv += ["--enroll", f"https://127.0.0.1:{enroll.port}", "--claim"]
+        argv += [make_claim(hub.dir, "box-e2e", DAEMON_SITE)]
+        assert edge_main([*argv, "--anchor-fingerprint", hub.anchor.fingerprint]) == 0
+        tls_dir = site.home / "tls"
+        stolen = CertFiles("box-e2e", tmp_path / "stolen.crt", tmp_path / "stolen.key")
+        shutil.copy(tls_dir / "device.crt", stolen.cert)
+        shutil.copy(tls_dir / "device.key", stolen.key)
+        mark = broker.log_size()
+        with running(site, cloud=True) as d:
+            wait(
+                lambda: stolen.serial in pki.ca.revoked_serials(),
+                timeout=45,
+                what="the enrollment certificate revoked after the renewal",
+            )
+            assert any(e.get("state") == "renewed" for e in d.events("cert"))
+            broker.wait_log("Reloading config", since=mark)
+        live = CertFiles("box-e2e", tls_dir / "device.crt", tls_dir / "device.key")
+        assert live.serial != stolen.serial
+        assert "revoked" in connect_refused(broker, stolen, "thief")
+        with Probe(broker, live, client_id="box-e2e-check") as probe:
+            probe.connect()
+        assert server.stats().get("certificates_revoked", 0) >= 1
+        # The same event again (a resend) revokes nothing and does not reload the broker.
+        mark = broker.log_size()
+        again = revoke_superseded(
+            hub.dir, "box-e2e", format(live.serial, "x"), ca=pki.ca, reload=reload_of(broker)
+        )
+        assert again == [] and "Reloading" not in broker.log_text(mark)
+        assert live.serial not in pki.ca.revoked_serials()
+
+
+def tls(pki: Pki) -> tuple[Path, Path]:
+    return pki.server.cert, pki.server.key
