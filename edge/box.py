@@ -14,13 +14,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from drivers.errors import DriverUnavailable
 from edge.bus import EventBus
 from edge.cache import ImportResult
+from edge.cloud_config import config_status
 from edge.config import BoxConfig
 from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot, make_slot
@@ -29,12 +30,16 @@ from edge.lanes import Lane
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
 from edge.occupancy import CrowdWatch, ZoneLevel
+from edge.outbox_watch import OutboxWatch
 from edge.pickups import PickupStore
 from edge.rules import Reason, zone_info
 from edge.runner import Runner
 from edge.service import RedemptionService
 from edge.spool import PrintSpool
 from edge.store import transaction
+
+if TYPE_CHECKING:
+    from edge.cloud_config import ReloadRequest
 
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -65,6 +70,8 @@ class Box:
         self.stats: dict[str, Any] = {"outbox_depth": 0, "cache_age_s": None, "print_queue": {}}
         self.stopping = False
         self.cloud_status: Callable[[], dict[str, Any]] | None = None  # set by the cloud link
+        # Set by the daemon: validate the config on disk and restart the box with it.
+        self.reload: Callable[[ReloadRequest], Awaitable[str]] | None = None
         self.metrics = Registry()
         m = self.metrics
         self.m_decisions = m.counter(
@@ -110,6 +117,7 @@ class Box:
             lambda: {(z.zone,): float(z.pending) for z in self.zones},
             labels=("zone",),
         )
+        self.watch = OutboxWatch(self)  # backlog alarm, telemetry coalescing (and their metrics)
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -196,6 +204,7 @@ class Box:
         assert self.spool is not None
         out.append(("spool", self.spool.run))
         out.append(("alerts", self._forward_alerts))
+        out.append(("outbox-watch", self.watch.run))
         return out
 
     async def _forward_alerts(self, stop: asyncio.Event) -> None:
@@ -244,6 +253,8 @@ class Box:
                 )
                 if n:
                     log.warning("%d pending redemption(s) voided at shutdown", n)
+            with contextlib.suppress(Exception):  # telemetry held back: its last word
+                await self.watch.flush()
         await asyncio.gather(*(s.close() for s in self.slots.values()), return_exceptions=True)
         if self.svc is not None:
             svc, self.svc = self.svc, None
@@ -281,9 +292,10 @@ class Box:
             self.m_latency.observe(latency_s, lane=lane)
 
     async def record(self, kind: str, body: dict[str, Any]) -> None:
-        """An event for the cloud (outbox) that is not part of a redemption's transaction."""
+        """An event for the cloud (outbox) that is not part of a redemption's transaction.
+        Telemetry (device alerts...) may be coalesced first: edge/outbox_watch.py."""
         assert self.svc is not None
-        await self.db.call(self.svc.record_event, kind, body)
+        await self.watch.record(kind, body)
 
     async def audit(self, actor: str, action: str, target: str, detail: str) -> None:
         """A privileged action: the audit table and its outbox event in one transaction."""
@@ -452,11 +464,18 @@ class Box:
     def degraded(self) -> list[str]:
         return [n for n, s in self.slots.items() if not s.up]
 
+    def alarms(self) -> list[dict[str, Any]]:
+        """What makes the box degraded besides its devices (the outbox backlog)."""
+        return self.watch.alarms()
+
     def status_line(self) -> str:
         down = self.degraded()
         lanes = len(self.lanes)
-        if down:
-            return f"degraded 降级: {', '.join(down)} down; {lanes} lanes"
+        problems = [f"{', '.join(down)} down"] if down else []
+        if backlog := self.watch.status_text():
+            problems.append(backlog)
+        if problems:
+            return f"degraded 降级: {'; '.join(problems)}; {lanes} lanes"
         return f"running 运行中: {lanes} lanes, {len(self.slots)} devices up"
 
     def lanes_json(self) -> dict[str, Any]:
@@ -466,8 +485,12 @@ class Box:
         assert self.svc is not None
         st = await self.db.call(self.svc.status)
         await self.refresh_stats()
+        bad = self.degraded() or self.alarms()
         return st | {
-            "state": "stopping" if self.stopping else ("degraded" if self.degraded() else "ok"),
+            "state": "stopping" if self.stopping else ("degraded" if bad else "ok"),
+            "alarms": self.alarms(),
+            "outbox": self.watch.to_json(),
+            "config": config_status(self.config),
             "devices": [s.to_json() for s in self.slots.values()],
             "lanes": self.lanes_json(),
             "zones": [z.to_json() for z in self.zones],
@@ -477,10 +500,23 @@ class Box:
 
     # -- HTTP -----------------------------------------------------------------------------------
 
-    def http_server(self) -> tuple[_Server, socket.socket]:
-        """The server and its already bound socket (a port in use is our clear error)."""
+    def http_server(self, sock: socket.socket | None = None) -> tuple[_Server, socket.socket]:
+        """The server and its already bound socket (a port in use is our clear error). A
+        reload passes the socket the daemon keeps, so the port never closes."""
         from edge.http import create_app
 
+        if sock is None:
+            sock = self.listen()
+        config = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        return _Server(config), sock
+
+    def listen(self) -> socket.socket:
         host, _, port = self.config.http_listen.rpartition(":")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # proto IPPROTO_TCP (not 0): asyncio then sets TCP_NODELAY on accepted connections, so a
@@ -496,11 +532,4 @@ class Box:
                 f"{self.config.path}): {err.strerror}"
             ) from err
         sock.listen(128)
-        config = uvicorn.Config(
-            create_app(self),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        return _Server(config), sock
+        return sock

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from edge.bundle_inbox import BundleReceiver
+from edge.cloud_config import on_config, on_reload_command
 from edge.config import SyncConfig
 from edge.store import transaction
 from sync.link import Link
@@ -304,6 +305,8 @@ class CloudLink:
             box.bus.publish("conflict", **body)
             await box.record("conflict_received", {"id": down.id, **body})
             return "recorded"
+        if down.type == "config":  # validated, stored, applied by a reload: edge/cloud_config.py
+            return await on_config(box, down.id, body, self._done)
         return f"unsupported here: {down.type} (not built yet)"
 
     async def _command(self, box: Box, down: Down) -> str:
@@ -322,9 +325,14 @@ class CloudLink:
             out = await bank.open_door(door, "cloud", f"cloud command {down.id}")
             return f"door {door} {'opened' if out.get('opened') else 'did not open'}"
         if name == "request_status":  # the retained gw/ID/up/status carries it; refresh it
-            if self.link is not None:
-                self.link.notify()
-            return "ok"
+            if self.link is None:
+                return "link down"
+            await box.refresh_stats()  # cache_seq and outbox depth as of now
+            self.link.publish_status()
+            self.link.notify()
+            return "status published"
+        if name == "reload_config":  # re-read edge.toml and the stored cloud config
+            return await on_reload_command(box, down.id, down.expired(time.time()), self._done)
         return f"unsupported command: {name}"
 
     async def _done(self, msg_id: str, result: str) -> None:

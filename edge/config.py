@@ -6,10 +6,13 @@ $CONFIGURATION_DIRECTORY (set by systemd; state in $STATE_DIRECTORY), /etc/edge/
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,16 @@ from edge.clock import ClockPolicy
 from edge.errors import ConfigError
 from edge.rules import Direction
 
+log = logging.getLogger(__name__)
 CONFIG_NAME = "edge.toml"
+# The site-managed part of the config, as the cloud last sent it (edge/cloud_config.py writes it,
+# keeping the one before): {"v": 1, "revision": N, "toml": "...", "id": msg id, "received_at"}.
+# It lives in the state directory (writable under systemd, unlike /etc/edge), and each of its
+# sections replaces the local file's section of the same name. Identity, the link and the local
+# HTTP listener stay in edge.toml: a bad config from the cloud cannot cut the box off from it.
+MANAGED_FILE = "cloud-config.json"
+MANAGED_PREV = "cloud-config.prev.json"
+MANAGED_SECTIONS = ("policy", "devices", "lanes", "printing", "zones", "lockers")
 SYSTEM_CONFIG = Path("/etc/edge/edge.toml")
 SYSTEM_STATE = Path("/var/lib/edge")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -104,6 +116,24 @@ class SyncConfig:
     # A new or replacement box waits this long at start for the site's bundles and uses
     # (docs/sync.md "Catch-up") before READY; 0: never wait.
     catch_up_s: float = 30.0
+    # Backpressure (edge/outbox_watch.py): the alarm rises when the outbox holds this many rows
+    # or its oldest row is this old, and telemetry is then coalesced harder.
+    outbox_alarm_rows: int = 50_000
+    outbox_alarm_age_s: float = 6 * 3600.0
+    telemetry_interval_s: float = 60.0  # at most one alert per source per interval
+    telemetry_interval_alarm_s: float = 600.0  # the same while the outbox alarm is up
+
+
+@dataclass(frozen=True)
+class Managed:
+    """The cloud-managed config in effect: its revision, file and the sections it sets."""
+
+    revision: int
+    path: Path
+    sha256: str  # of its TOML text
+    sections: tuple[str, ...]
+    msg_id: str = ""
+    text: str = field(default="", repr=False)  # kept to put it back if a newer one fails
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,8 @@ class BoxConfig:
     zones: dict[str, ZoneConfig] = field(default_factory=dict)
     lockers: dict[str, LockerBankConfig] = field(default_factory=dict)
     sync: SyncConfig | None = None
+    managed: Managed | None = None
+    managed_skipped: tuple[str, ...] = ()  # newer cloud configs that did not load, and why
 
 
 def locate(config: str | None, home: str | None) -> tuple[Path, Path | None]:
@@ -173,15 +205,89 @@ class _Section:
             raise ConfigError(self.path, f"{self.prefix}.{unknown[0]}", "unknown key")
 
 
-def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(path, "", "no such file; run `edge init` or pass --config") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, "", f"cannot read: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, "", f"not valid TOML: {err}") from err
+
+
+def load(path: Path, state_hint: Path | None = None, *, managed: bool = True) -> BoxConfig:
+    """The box's config: edge.toml with the cloud-managed sections over it. A managed config
+    that no longer loads (the local file changed under it) is skipped for the one before it,
+    then for none, and said loudly: the box must start and reach the cloud again."""
+    doc = read_toml(path)
+    skipped: list[str] = []
+    if managed:
+        for overlay in read_managed(state_dir_of(path, doc, state_hint), skipped):
+            try:
+                return replace(build(path, doc, state_hint, overlay), managed_skipped=(*skipped,))
+            except ConfigError as err:
+                log.error("cloud config revision %d does not load: %s", overlay[0].revision, err)
+                skipped.append(f"revision {overlay[0].revision}: {err}")
+    return replace(build(path, doc, state_hint), managed_skipped=(*skipped,))
+
+
+def state_dir_of(path: Path, doc: dict[str, Any], state_hint: Path | None) -> Path:
+    """Where [box] state_dir puts the state (the checks are build()'s)."""
+    box = doc.get("box")
+    state_s = box.get("state_dir") if isinstance(box, dict) else None
+    if isinstance(state_s, str) and state_s:
+        return path.parent / state_s
+    return state_hint or path.parent
+
+
+def read_managed(state_dir: Path, problems: list[str]) -> list[tuple[Managed, dict[str, Any]]]:
+    """The stored cloud configs, newest first (current, then the one kept before it); a file
+    that cannot be read is skipped and said in `problems`."""
+    out: list[tuple[Managed, dict[str, Any]]] = []
+    for name in (MANAGED_FILE, MANAGED_PREV):
+        file = state_dir / name
+        try:
+            stored = json.loads(file.read_bytes())
+            revision, text = stored["revision"], stored["toml"]
+            if not isinstance(revision, int) or not isinstance(text, str):
+                raise ValueError("revision or toml missing")
+            doc = tomllib.loads(text)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as err:  # TOMLDecodeError: ValueError
+            log.error("cloud config %s unreadable: %s", file, err)
+            problems.append(f"{file.name}: {err}")
+            continue
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        msg_id = str(stored.get("id") or "")
+        out.append((Managed(revision, file, sha, tuple(sorted(doc)), msg_id, text), doc))
+    return out
+
+
+def build(
+    path: Path,
+    local: dict[str, Any],
+    state_hint: Path | None = None,
+    overlay: tuple[Managed, dict[str, Any]] | None = None,
+) -> BoxConfig:
+    """Validate a parsed edge.toml (and the cloud's sections over it) into a BoxConfig.
+    Errors name the file each section came from."""
+    managed, mdoc = overlay if overlay is not None else (None, {})
+    mpath = managed.path if managed is not None else path
+    for section in mdoc:
+        if section not in MANAGED_SECTIONS:
+            raise ConfigError(
+                mpath,
+                section,
+                "stays in the box's own edge.toml; the cloud sets only "
+                + ", ".join(f"[{s}]" for s in MANAGED_SECTIONS),
+            )
+    doc = local | mdoc
+
+    def src(section: str) -> Path:
+        return mpath if section in mdoc else path
+
     base = path.parent
     root = _Section(path, "", doc)
     box = _Section(path, "box", root.get("box", dict, required=True))
@@ -191,7 +297,7 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
     state_s = box.get("state_dir", str)
     state_dir = base / state_s if state_s else (state_hint or base)
     box.done()
-    pol = _Section(path, "policy", root.get("policy", dict, {}))
+    pol = _Section(src("policy"), "policy", root.get("policy", dict, {}))
     policy = Policy(
         stale_cache_s=pol.get("stale_cache_hours", float, 48.0) * 3600,
         clock=ClockPolicy(
@@ -206,17 +312,17 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
         retention_days=pol.get("retention_days", int, 30),
     )
     pol.done()
-    devices = _devices(path, root.get("devices", dict, {}))
-    lanes = _lanes(path, root.get("lanes", dict, {}), devices)
+    devices = _devices(src("devices"), root.get("devices", dict, {}))
+    lanes = _lanes(src("lanes"), root.get("lanes", dict, {}), devices)
     http = _Section(path, "http", root.get("http", dict, {}))
     listen = http.get("listen", str, "127.0.0.1:8800")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(path, "http.listen", "HOST:PORT, e.g. 127.0.0.1:8800")
     http.done()
-    printing = _printing(path, root.get("printing", dict, {}), devices)
-    zones = _zones(path, root.get("zones", dict, {}))
-    lockers = _lockers(path, root.get("lockers", dict, {}), devices)
+    printing = _printing(src("printing"), root.get("printing", dict, {}), devices)
+    zones = _zones(src("zones"), root.get("zones", dict, {}))
+    lockers = _lockers(src("lockers"), root.get("lockers", dict, {}), devices)
     sync = _sync(path, base, root.get("sync", dict))
     root.done()
     return BoxConfig(
@@ -233,6 +339,7 @@ def load(path: Path, state_hint: Path | None = None) -> BoxConfig:
         zones,
         lockers,
         sync,
+        managed,
     )
 
 
@@ -248,8 +355,25 @@ def _sync(path: Path, base: Path, table: dict[str, Any] | None) -> SyncConfig | 
     catch_up = sec.get("catch_up_s", float, 30.0)
     if catch_up > 600:
         raise ConfigError(path, "sync.catch_up_s", "seconds, 0 to 600")
+    rows = sec.get("outbox_alarm_rows", int, 50_000)
+    age = sec.get("outbox_alarm_age_s", float, 6 * 3600.0)
+    every = sec.get("telemetry_interval_s", float, 60.0)
+    every_alarm = sec.get("telemetry_interval_alarm_s", float, max(600.0, every))
+    if rows < 1 or age <= 0:
+        raise ConfigError(path, "sync.outbox_alarm_rows", "alarm thresholds above 0")
     sec.done()
-    return SyncConfig(host.strip("[]"), int(port), ca, cert, key, catch_up_s=float(catch_up))
+    return SyncConfig(
+        host.strip("[]"),
+        int(port),
+        ca,
+        cert,
+        key,
+        catch_up_s=float(catch_up),
+        outbox_alarm_rows=rows,
+        outbox_alarm_age_s=age,
+        telemetry_interval_s=every,
+        telemetry_interval_alarm_s=every_alarm,
+    )
 
 
 def _check_name(path: Path, key: str, name: str, what: str) -> None:

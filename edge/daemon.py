@@ -6,6 +6,12 @@ redemptions a crash left waiting for their passage, open every device (a missing
 box degraded, never stuck), start lanes, print spool, lockers and the HTTP server, then READY=1.
 Stop (SIGTERM/SIGINT): STOPPING=1, stop taking scans, let a passage in progress finish briefly,
 void what is still pending, persist the spool, close devices; all within 5 s.
+Reload (SIGHUP, the cloud's `config` / `reload_config`, POST /api/v1/config/reload): the config on
+disk is validated while the box runs (refused: it keeps running as it is); then RELOADING=1, the
+box stops as on SIGTERM but gives a visitor in the gate the whole passage, the extensions stop,
+and a new box starts from the new config on the same write lock and the same listening socket
+(the HTTP port never closes: connections wait in its backlog), the extensions (the link) start
+again on it, READY=1. A new config that fails to start gives way to the one that ran.
 """
 
 from __future__ import annotations
@@ -17,18 +23,23 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.box import Box, Loop
+from edge import cloud_config
+from edge.box import Box, Loop, _Server
+from edge.cloud_config import ConfigRefused, ReloadRequest
 from edge.config import BoxConfig
 from edge.notify import Notifier
 from edge.store import WriteLock, fsync_dir
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 1.5  # a visitor already in the gate gets this long to pass at shutdown
+RELOAD_GRACE_S = 10.0  # a reload is in no hurry: the visitor gets the whole passage window
 MAINTENANCE_S = 30.0
 
 
@@ -106,52 +117,232 @@ class Daemon:
         self.url = ""
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
+        self.reloads = 0  # boxes started after the first (tests wait on it)
+        self._wake = asyncio.Event()  # a stop or a reload request
+        self._requests: deque[tuple[ReloadRequest, asyncio.Future[str]]] = deque()
+        self._serving = False  # READY and not switching: a caller may wait for a reload
+        self._listener: socket.socket | None = None  # kept across reloads
+        self._listen_addr = ""
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
+
+    def request_reload(self, req: ReloadRequest) -> asyncio.Future[str]:
+        """Queue a reload (handled in turn by the main task); the future has the outcome."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.stop_event.is_set():
+            fut.set_result("refused: the daemon is stopping")
+        else:
+            self._requests.append((req, fut))
+            self._wake.set()
+        return fut
+
+    async def reload(self, req: ReloadRequest) -> str:
+        """Box.reload: the outcome, or "reload queued" when the caller does not wait, or runs
+        while the box is (re)starting (an extension's start must not wait for itself)."""
+        fut = self.request_reload(req)
+        if not (req.wait and self._serving) and not fut.done():
+            return "reload queued"
+        return await asyncio.shield(fut)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self.request_reload(ReloadRequest("signal", wait=False))
+            )
         state = self.config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         with WriteLock(state) as lock:
-            box = Box(self.config, token=api_token(state))
-            self.box = box
+            token = api_token(state)
             try:
-                await box.start(full_check=lock.unclean, bundle=self.bundle)
-                for ext in self.extensions:
-                    await ext.start(box)
-                server, sock = box.http_server()
-                host, port = sock.getsockname()[:2]
-                self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-                async with asyncio.TaskGroup() as tg:
-                    serve = tg.create_task(server.serve(sockets=[sock]), name="http")
-                    while not server.started and not serve.done():
-                        await asyncio.sleep(0.01)
-                    loops = box.loops() + [lp for ext in self.extensions for lp in ext.loops()]
-                    for name, fn in loops:
-                        tg.create_task(supervised(name, fn, self.stop_event), name=name)
-                    if not self.stop_event.is_set():  # no READY for a box already stopping
-                        self._announce()
-                    tg.create_task(self._main_loop(), name="main")
-                    await self.stop_event.wait()
-                    self.notifier.stopping("stopping / 正在停止")
-                    await box.stop_lanes(STOP_GRACE_S)
-                    server.should_exit = True
+                await self._generations(token, lock.unclean)
             finally:
-                for ext in self.extensions:
-                    try:
-                        await ext.stop()
-                    except Exception:  # the box must still close
-                        log.exception("stopping %s failed", type(ext).__name__)
-                await box.close()
+                for _, fut in self._requests:
+                    if not fut.done():
+                        fut.set_result("refused: the daemon stopped")
+                if self._listener is not None:
+                    self._listener.close()
                 with contextlib.suppress(FileNotFoundError):
                     (state / "daemon.json").unlink()
         log.info("stopped")
         return 0
+
+    async def _generations(self, token: str, unclean: bool) -> None:
+        """One box per config: run it until a stop, or until a valid reload replaces it."""
+        gen = await self._open(self.config, token, unclean, self.bundle)
+        done: tuple[ReloadRequest, asyncio.Future[str], float, str] | None = None
+        while (change := await self._serve(*gen, done)) is not None:
+            new, req, fut, t0 = change
+            self.notifier.watchdog()  # a reload takes a while: it is not a stuck loop
+            try:
+                gen = await self._open(new, token, False, None)
+            except Exception as err:  # back to what ran; a second failure stops the daemon
+                log.exception("the new config did not start; starting the one that ran")
+                if req.revision is not None:
+                    running = self.config.managed
+                    await asyncio.to_thread(
+                        cloud_config.restore, self.config.state_dir, running, req.revision
+                    )
+                gen = await self._open(self.config, token, False, None)
+                done = (req, fut, t0, f"start_failed: {err}")
+            else:
+                self.config = new
+                done = (req, fut, t0, "")
+
+    async def _open(
+        self, config: BoxConfig, token: str, full_check: bool, bundle: Path | None
+    ) -> tuple[Box, _Server, socket.socket]:
+        """A started box with its extensions and an HTTP server (not yet serving)."""
+        box = Box(config, token=token)
+        self.box = box
+        box.reload = self.reload
+        sock: socket.socket | None = None
+        try:
+            await box.start(full_check=full_check, bundle=bundle)
+            for ext in self.extensions:
+                await ext.start(box)
+            sock = self._listen(box)
+            server, _ = box.http_server(sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            await self._close(box)
+            raise
+        return box, server, sock
+
+    def _listen(self, box: Box) -> socket.socket:
+        """The daemon's listening socket, bound once and kept across reloads (rebound only
+        when [http] listen changed). Each server serves a duplicate of it and closes only
+        that, so the port never closes."""
+        if self._listener is None or self._listen_addr != box.config.http_listen:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            self._listener = box.listen()
+            self._listen_addr = box.config.http_listen
+            host, port = self._listener.getsockname()[:2]
+            self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        return self._listener.dup()
+
+    async def _serve(
+        self,
+        box: Box,
+        server: _Server,
+        sock: socket.socket,
+        done: tuple[ReloadRequest, asyncio.Future[str], float, str] | None,
+    ) -> tuple[BoxConfig, ReloadRequest, asyncio.Future[str], float] | None:
+        """READY, then run until a stop (None) or a reload that passed validation (the new
+        config). The box is closed when this returns."""
+        stop = asyncio.Event()  # this box's loops: set by a stop or a reload
+        change = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serve = tg.create_task(server.serve(sockets=[sock]), name="http")
+                while not server.started and not serve.done():
+                    await asyncio.sleep(0.01)
+                loops = box.loops() + [lp for ext in self.extensions for lp in ext.loops()]
+                for name, fn in loops:
+                    tg.create_task(supervised(name, fn, stop), name=name)
+                if not self.stop_event.is_set():  # no READY for a box already stopping
+                    self._announce()
+                tg.create_task(self._main_loop(stop), name="main")
+                await self._settle(box, done)
+                self._serving = True
+                change = await self._next_change()
+                self._serving = False
+                if change is None:
+                    self.notifier.stopping("stopping / 正在停止")
+                else:
+                    usec = time.monotonic_ns() // 1000
+                    self.notifier.send(
+                        "RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading 重新加载配置"
+                    )
+                stop.set()
+                await box.stop_lanes(STOP_GRACE_S if change is None else RELOAD_GRACE_S)
+                if change is not None:  # the grace may be long: still alive, not stuck
+                    self.notifier.watchdog()
+                server.should_exit = True
+        finally:
+            sock.close()  # the server's duplicate (closed already when it ran)
+            self._serving = False
+            stop.set()
+            await self._close(box)
+        return change
+
+    async def _close(self, box: Box) -> None:
+        for ext in self.extensions:
+            try:
+                await ext.stop()
+            except Exception:  # the box must still close
+                log.exception("stopping %s failed", type(ext).__name__)
+        await box.close()
+
+    async def _settle(
+        self, box: Box, done: tuple[ReloadRequest, asyncio.Future[str], float, str] | None
+    ) -> None:
+        """Report the config this box runs (config_applied / config_refused) and answer the
+        reload that started it."""
+        try:
+            if done is None:
+                await cloud_config.applied(box, None)
+                return
+            req, fut, t0, failure = done
+            if failure:
+                reason, _, detail = failure.partition(": ")
+                await cloud_config.refused(box, req, ConfigRefused(reason, detail))
+                outcome = f"refused: {failure}; the config that ran before runs again"
+            else:
+                await cloud_config.applied(box, req, time.monotonic() - t0)
+                m = box.config.managed
+                outcome = f"applied{f': revision {m.revision}' if m is not None else ''}"
+            if not fut.done():
+                fut.set_result(outcome)
+        except Exception:  # reporting must not take the new box down
+            log.exception("reporting the config failed")
+        finally:
+            if done is not None:
+                self.reloads += 1
+
+    async def _next_change(
+        self,
+    ) -> tuple[BoxConfig, ReloadRequest, asyncio.Future[str], float] | None:
+        """Wait for a stop (None) or a reload request whose config is valid."""
+        while not self.stop_event.is_set():
+            if not self._requests:
+                self._wake.clear()
+                if not self._requests and not self.stop_event.is_set():
+                    await self._wake.wait()
+                continue
+            req, fut = self._requests.popleft()
+            t0 = time.monotonic()
+            m = self.config.managed
+            if req.revision is not None and m is not None and m.revision >= req.revision:
+                fut.set_result(f"already applied: revision {m.revision}")
+                continue
+            try:
+                new = await asyncio.to_thread(cloud_config.from_disk, self.config)
+                got = new.managed.revision if new.managed is not None else None
+                if req.revision is not None and (got is None or got < req.revision):
+                    why = "; ".join(new.managed_skipped) or "not stored"
+                    raise ConfigRefused("did_not_load", f"revision {req.revision}: {why}")
+            except ConfigRefused as err:
+                assert self.box is not None
+                if req.revision is not None:
+                    await asyncio.to_thread(
+                        cloud_config.restore, self.config.state_dir, m, req.revision
+                    )
+                await cloud_config.refused(self.box, req, err)
+                if not fut.done():
+                    fut.set_result(f"refused: {err}; the running config stays")
+                continue
+            log.info("reloading (%s)", req.source)
+            return new, req, fut, t0
+        return None
 
     def _announce(self) -> None:
         assert self.box is not None
@@ -159,22 +350,25 @@ class Daemon:
         (state / "daemon.json").write_text(
             json.dumps({"pid": os.getpid(), "url": self.url, "site": self.config.site})
         )
-        self.ready_after_s = time.monotonic() - self.started_at
         status = self.box.status_line()
         self.notifier.ready(status)
+        if self.ready.is_set():  # after a reload
+            log.info("ready again: %s", status)
+            return
+        self.ready_after_s = time.monotonic() - self.started_at
         self.ready.set()
         log.info("ready in %.2f s: %s", self.ready_after_s, status)
         if self.on_ready is not None:
             self.on_ready(self)
 
-    async def _main_loop(self) -> None:
+    async def _main_loop(self, stop: asyncio.Event) -> None:
         """Health check, then WATCHDOG=1 and STATUS=; periodic maintenance. Runs on the loop
         itself, so a stuck loop or database thread stops the watchdog and systemd restarts us."""
         assert self.box is not None
         box = self.box
         interval = (self.notifier.watchdog_s or 20.0) / 2
         last_maintenance = time.monotonic()
-        while not self.stop_event.is_set():
+        while not stop.is_set():
             healthy = await box.health_check(timeout=max(1.0, interval))
             if healthy:
                 self.notifier.watchdog()
@@ -186,7 +380,7 @@ class Daemon:
                 except Exception:  # never take the daemon down for housekeeping
                     log.exception("maintenance failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), min(interval, 5.0))
+                await asyncio.wait_for(stop.wait(), min(interval, 5.0))
 
 
 def run_daemon(config: BoxConfig, **kwargs: Any) -> int:

@@ -139,11 +139,13 @@ def create_app(box: Box) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         ok = not box.stopping and await box.health_check(timeout=2.0)
+        alarms = box.alarms()  # the outbox backlog: degraded, still serving (200)
         body = {
             "status": "stopping"
             if box.stopping
-            else ("ok" if ok and not box.degraded() else "degraded"),
+            else ("ok" if ok and not box.degraded() and not alarms else "degraded"),
             "devices_down": box.degraded(),
+            "alarms": alarms,
             "database": ok,
         }
         return JSONResponse(body, 200 if ok else 503)
@@ -283,6 +285,22 @@ def create_app(box: Box) -> FastAPI:
             "counts": r.counts,
             "cache_seq": r.seq,
         }
+
+    @api.post("/config/reload", status_code=202)
+    async def reload_config() -> dict[str, Any]:
+        """Re-read edge.toml (and the stored cloud config): 409 with the reason when it does
+        not load (the running config stays), else 202 and the box restarts with it."""
+        from edge.cloud_config import ConfigRefused, ReloadRequest, from_disk, refused
+
+        if box.reload is None or box.stopping:
+            raise Stopping("the gateway is stopping / 网关正在停止")
+        req = ReloadRequest("api", wait=False)
+        try:  # checked here too, so the caller hears the reason
+            await asyncio.to_thread(from_disk, box.config)
+        except ConfigRefused as err:
+            await refused(box, req, err)
+            raise HTTPException(409, f"refused: {err}") from err
+        return {"result": await box.reload(req)}
 
     @api.get("/audit")
     async def audit(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """`edge hub ...`: the reference cloud tools (keys, minting, display codes, bundles, vectors) and
-its sync side (register, serve, send, status)."""
+its sync side (register, serve, claim, revoke, send, status)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.codes import Ticket, display_rotating
 from edge.rules_vectors import run_vectors
@@ -21,6 +21,9 @@ from sync import protocol
 from sync.hub.inputs import DEFAULT_LIST, load_input, parse_time
 from sync.hub.issuer import BundleContent, Hub, ShortCodeSpec, load_private, new_holder_key
 from sync.hub.issuer import random_short_code as new_short
+
+if TYPE_CHECKING:
+    from sync.hub.revoke import BrokerReload
 
 DAY = 86400
 
@@ -280,7 +283,24 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--enroll-listen", help="HOST:PORT of the HTTPS enrollment endpoint")
     p.add_argument("--enroll-cert", type=Path, help="its server certificate (e.g. the broker's)")
     p.add_argument("--enroll-key", type=Path)
+    _broker_reload_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = hs.add_parser("revoke", help="revoke a box: its certificates, its session, its data")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--box", required=True, help="the box id (its certificate CN)")
+    p.add_argument("--reason", default="revoked by the operator", help="recorded and shown")
+    p.add_argument("--device-ca", type=Path, help="device CA directory: puts its certs on the CRL")
+    p.add_argument("--db", type=Path, help="default: DIR/hub.db")
+    p.add_argument(
+        "--broker", help="HOST:PORT: cut the box's live session (with --ca/--cert/--key)"
+    )
+    p.add_argument("--ca", type=Path, help="the broker's CA certificate")
+    p.add_argument("--cert", type=Path, help="the hub's client certificate (CN hub)")
+    p.add_argument("--key", type=Path)
+    _broker_reload_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_revoke)
 
     p = hs.add_parser("claim", help="make a one-time claim token for enrolling a box")
     p.add_argument("--dir", required=True, type=Path)
@@ -293,7 +313,12 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--box", required=True)
     p.add_argument("--db", type=Path, help="default: DIR/hub.db")
-    p.add_argument("--ttl", type=float, default=600.0, help="seconds the message stays valid")
+    p.add_argument(
+        "--ttl",
+        type=float,
+        help="seconds the message stays valid (default 600; a config: 7 days, so a box that is "
+        "offline meanwhile still gets it)",
+    )
     p.add_argument("--id", help="message id (default: random); the box acts on an id once")
     ss = p.add_subparsers(dest="send_type", required=True, metavar="TYPE")
     q = ss.add_parser("print", help="a print job for the box's spool")
@@ -304,6 +329,15 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     q.add_argument("name", choices=protocol.COMMANDS)
     q.add_argument("--door", type=int, help="open_door: door number (from 1)")
     q.add_argument("--locker", help="open_door: locker bank name (default: the box's only one)")
+    q = ss.add_parser(
+        "config",
+        help="the site-managed config: [policy], [devices.*], [lanes.*], [printing], [zones.*], "
+        "[lockers.*] as TOML, each replacing the box's own section (docs/sync.md)",
+    )
+    q.add_argument("--config-file", "--file", dest="config_file", required=True, type=Path)
+    q.add_argument(
+        "--revision", required=True, type=int, help="above the box's current; older is ignored"
+    )
     p.set_defaults(func=cmd_send)
 
     p = hs.add_parser("status", help="boxes, event counts, last ack, conflicts, refusals")
@@ -311,6 +345,45 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--db", type=Path, help="default: DIR/hub.db")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+
+def _broker_reload_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--broker-pid", type=Path, help="broker pid file: SIGHUP it after a CRL change")
+    g.add_argument("--broker-reload", help='or a command, e.g. "systemctl reload mosquitto"')
+
+
+def _broker_reload(args: argparse.Namespace) -> BrokerReload | None:
+    from sync.hub.revoke import BrokerReload
+
+    if args.broker_pid is None and args.broker_reload is None:
+        return None
+    return BrokerReload(pid_file=args.broker_pid, command=args.broker_reload)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from sync.hub.revoke import BrokerAccess, revoke_box
+    from sync.pki import Ca
+
+    broker = None
+    if args.broker:
+        if not (args.ca and args.cert and args.key):
+            raise ValueError("--broker needs --ca, --cert and --key (the hub's own)")
+        host, port = _host_port("--broker", args.broker)
+        broker = BrokerAccess(host, port, args.ca, args.cert, args.key)
+    ca = Ca.load(args.device_ca) if args.device_ca else None
+    res = revoke_box(
+        args.dir,
+        args.box,
+        reason=args.reason,
+        ca=ca,
+        reload=_broker_reload(args),
+        broker=broker,
+        db_path=args.db,
+    )
+    text = json.dumps(res.as_dict(), ensure_ascii=False, sort_keys=True)
+    print(text if args.json else "\n".join(res.report()))
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -362,6 +435,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key=args.key,
         db_path=args.db,
         signer=signer,
+        broker_reload=_broker_reload(args),
     )
     enroll = None
     if args.enroll_listen:
@@ -392,6 +466,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _send_body(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.ttl is None:
+        args.ttl = 7 * DAY if args.send_type == "config" else 600.0
+    if args.ttl <= 0:
+        raise ValueError("--ttl: seconds, above 0")
+    if args.send_type == "config":
+        return "config", _config_body(args.config_file, args.revision)
     if args.send_type == "print":
         try:
             data = json.loads(args.data)
@@ -408,6 +488,30 @@ def _send_body(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if args.locker:
             body["locker"] = args.locker
     return "command", body
+
+
+def _config_body(path: Path, revision: int) -> dict[str, Any]:
+    """Checked here as far as the hub can (the box validates it against its own edge.toml)."""
+    import tomllib
+
+    from edge.config import MANAGED_SECTIONS
+
+    if revision < 1:
+        raise ValueError("--revision: a whole number from 1")
+    try:
+        text = path.read_text(encoding="utf-8")
+        sections = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config-file {path}: cannot read: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"--config-file {path}: not valid TOML: {err}") from err
+    local = sorted(set(sections) - set(MANAGED_SECTIONS))
+    if local:
+        raise ValueError(
+            f"--config-file {path}: [{local[0]}] stays in the box's own edge.toml; "
+            f"a config message sets {', '.join(MANAGED_SECTIONS)}"
+        )
+    return {"revision": revision, "toml": text}
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -429,7 +533,7 @@ def _when(at: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sync.hub.store import HUB_DB, HubStore
+    from sync.hub.store import HUB_DB, HubStore, load_revoked
 
     path = args.db or args.dir / HUB_DB
     if not path.exists():
@@ -439,6 +543,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary = store.summary()
     finally:
         store.close()
+    summary["revoked"] = load_revoked(args.dir)
+    for box in summary["revoked"]:
+        if box in summary["boxes"]:
+            summary["boxes"][box]["revoked"] = True
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
         return 0
@@ -451,6 +559,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"last_seen={_when(b.get('last_seen'))} events={b.get('events', 0)} "
             f"acked_through={ack.get('acked_through', '-')} epoch={ack.get('epoch', '-')} "
             f"downlink_pending={b.get('downlink_pending', 0)}"
+            + (" REVOKED 已吊销" if b.get("revoked") else "")
         )
     conflicts = summary["conflicts"]
     print(f"conflicts 冲突 ({len(conflicts)}):")
@@ -462,4 +571,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     for r in summary["refusals"]:
         print(f"refused 拒收 {r['box']} {r['reason']} x{r['count']}: {r['last_detail']}")
+    for box, r in summary["revoked"].items():
+        print(
+            f"revoked 已吊销 {box} site={r.get('site') or '-'} at={_when(r.get('at'))} "
+            f"reason={r.get('reason', '')} certificates={len(r.get('serials', []))}"
+        )
     return 0
