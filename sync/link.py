@@ -64,6 +64,7 @@ WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 STOP_STATUS_WAIT_S = 2.0
 ROTATE_TIMEOUT_S = 30.0
+RECONNECT_RESEND_S = 3.0  # unacked batches go again this soon after a reconnect
 
 
 def _version() -> str:
@@ -253,6 +254,11 @@ class Link:
         self._client.loop_stop()
         self._client.disconnect()  # closes a socket left by a connect that raced the stop
 
+    def publish_status(self) -> None:
+        """Publish the retained online status again with fresh fields (when connected; the
+        next connection publishes it anyway). Any thread."""
+        self._q.put(("status",))
+
     def request_certificate(self, csr_pem: bytes) -> None:
         """Publish a renewal CSR on gw/ID/up/csr (when connected; the caller asks again later
         otherwise). Any thread."""
@@ -341,6 +347,9 @@ class Link:
             self._message(*item[1:])
         elif kind == "notify":
             self._reader.wake()
+        elif kind == "status":
+            if self._connected:
+                self._publish_status()
         elif kind == "csr":
             if self._connected:
                 self._client.publish(protocol.up_csr(self.box), item[1], qos=1)
@@ -412,8 +421,16 @@ class Link:
                 f.due_at = now + self.resend_after  # paho sends it again itself
             elif not session_present:
                 f.due_at = now  # the hub's ack may have been lost with the old session
+            else:
+                # The broker has it, but the hub's ack may have died with the old connection
+                # (a hub that was cut off too acks nothing meanwhile): ask again soon, not
+                # after the full resend_after. A duplicate costs the hub a lookup.
+                f.due_at = min(f.due_at, now + RECONNECT_RESEND_S)
         self._reader.wake()
         self._set(connected=True, since=now)
+        self._publish_status()
+
+    def _publish_status(self) -> None:
         extra = self.status_extra() if self.status_extra else {}
         doc = _status_doc(
             "online",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from drivers.printer.sim import SimPrinter
 from sync.hub.serve import HubServer
@@ -68,6 +69,14 @@ def test_events_reach_the_hub_once_and_a_hub_print_job_prints_once(
             assert "hub-job-1" in d.run(cloud.handle(again))  # type: ignore[attr-defined]
             time.sleep(1.0)
             assert sum("TEST PAGE" in line for line in printed(d, "receipt")) == 1
+            # request_status: the retained status is published again, with fresh figures.
+            seen = _box_summary(hub)["last_seen"]
+            hub.send(BOX, "command", {"command": "request_status"}, 60, msg_id="status-1")
+            d.wait(
+                lambda: any(e.get("result") == "status published" for e in d.events("cloud")),
+                what="request_status handled",
+            )
+            d.wait(lambda: _box_summary(hub)["last_seen"] > seen, what="a fresh status at the hub")
 
 
 def _events(hub: HubServer) -> list[tuple[str, int, str, str]]:
@@ -76,5 +85,16 @@ def _events(hub: HubServer) -> list[tuple[str, int, str, str]]:
     store = HubStore(hub.db_path)
     try:
         return store.events(BOX)
+    finally:
+        store.close()
+
+
+def _box_summary(hub: HubServer) -> dict[str, Any]:
+    from sync.hub.store import HubStore
+
+    store = HubStore(hub.db_path)
+    try:
+        box: dict[str, Any] = store.summary()["boxes"][BOX]
+        return box
     finally:
         store.close()

@@ -146,6 +146,10 @@ def queue_bundle(
     """Queue a bundle file in signed chunks for each box (call inside a transaction); returns
     (bundle id, messages queued: an id already queued is not queued twice)."""
     bundle_id = bundle_id_of(path)
+    if chunk_size != CHUNK_SIZE:
+        # Chunks are stored on the box by (bundle id, index): the same file cut another way
+        # must not share the id, or a copy by another route would mix the two sets.
+        bundle_id = f"{bundle_id[:24]}-{chunk_size}"
     chunks = chunk_messages(path, bundle_id, chunk_size)
     t0 = time.time() if now is None else now
     queued = 0

@@ -167,6 +167,7 @@ class HubServer:
         # Worker state: touched only by the worker thread.
         self._store: HubStore | None = None
         self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (message id, box)
+        self._cb_gen = 0  # successful CONNACKs (network thread): the packet ids' connection
         self._retry_at: dict[str, tuple[str, float]] = {}  # message id -> (box, when)
         self._next_tick = 0.0
         self._worker: threading.Thread | None = None
@@ -240,6 +241,8 @@ class HubServer:
     # -- paho callbacks (network thread: enqueue only) -------------------------------------------
 
     def _cb_connect(self, _c: Any, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        if not rc.is_failure:
+            self._cb_gen += 1
         self._q.put(("connect", bool(flags.session_present), rc))
 
     def _cb_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
@@ -247,7 +250,7 @@ class HubServer:
         self._q.put(("disconnect", rc))
 
     def _cb_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._q.put(("message", msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        self._q.put(("message", msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._cb_gen))
 
     def _cb_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._q.put(("puback", mid, rc))
@@ -298,13 +301,15 @@ class HubServer:
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "message":
-            _, topic, payload, mid, qos = item
+            _, topic, payload, mid, qos, gen = item
             try:
                 self._on_message(topic, payload)
             finally:
                 # Only now: stored, or refused for good. After a failure too: the box resends
                 # what was not app-acked, and an unacked message would hold a broker slot.
-                if qos > 0:
+                # A packet id belongs to one connection: a message received before a reconnect
+                # comes again on the new one and is acked then, never under a reused id.
+                if qos > 0 and gen == self._cb_gen:
                     self._client.ack(mid, qos)
         elif kind == "puback":
             self._on_puback(item[1], item[2])

@@ -76,7 +76,9 @@ def test_lcus_open_switches_off_a_relay_left_on_by_a_crash() -> None:
             assert gate.open("in").passed == 1
             assert time.monotonic() - start < 0.5
             assert wait_for(lambda: len(board.pulses) == before + 1)
-            assert board.pulses[-1].channel == 1 and board.pulses[-1].ms >= 100
+            # The driver holds the relay 100 ms; the simulator times it from when its thread
+            # read each command, so a late read of the ON on a loaded machine shortens it a bit.
+            assert board.pulses[-1].channel == 1 and board.pulses[-1].ms >= 90
     finally:
         board.close()
 
