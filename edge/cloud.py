@@ -58,6 +58,7 @@ class CloudLink:
         self._deferred: list[Down] = []  # stored certificates, handled once the loops run
         self._bundles: BundleReceiver | None = None  # made at the first bundle_chunk
         self._caught_up: asyncio.Event | None = None  # set by the hub's `caught_up`
+        self._waited = False  # the wait before READY happens once per process, not per reload
 
     async def start(self, box: Box) -> None:
         self.box, self._loop = box, asyncio.get_running_loop()
@@ -100,8 +101,9 @@ class CloudLink:
         assert box.svc is not None
         ledger = box.svc.ledger
         before: str | None = await box.db.call(ledger.meta, CAUGHT_UP_KEY)
-        if self.cfg.catch_up_s <= 0 or before:
+        if self.cfg.catch_up_s <= 0 or before or self._waited:
             return
+        self._waited = True
         log.info(
             "new box: catching up with the site (up to %.0f s) before READY", self.cfg.catch_up_s
         )
@@ -121,17 +123,18 @@ class CloudLink:
         target = body.get("site_seq")
         if not isinstance(target, int) or isinstance(target, bool) or target < 0:
             return "refused: site_seq must be a number"
+        svc = box.svc
+        assert svc is not None
+        ledger = svc.ledger
+
+        def active_seq() -> int:  # on the db thread: the view's connection lives there
+            return svc.view.state.seq if svc.view.refresh() and svc.view.state else 0
+
         deadline = time.monotonic() + CAUGHT_UP_WAIT_S
-        while True:
-            await box.refresh_stats()
-            seq = box.stats.get("cache_seq") or 0
-            if seq >= target:
-                break
+        while (seq := await box.db.call(active_seq)) < target:
             if time.monotonic() > deadline:
                 return f"incomplete: cache at seq {seq}, the site is at {target}"
-            await asyncio.sleep(0.1)
-        assert box.svc is not None
-        ledger = box.svc.ledger
+            await asyncio.sleep(0.25)
 
         def mark() -> None:
             with transaction(ledger.conn):

@@ -353,8 +353,8 @@ def _sync(path: Path, base: Path, table: dict[str, Any] | None) -> SyncConfig | 
         raise ConfigError(path, "sync.broker", "HOST:PORT, e.g. mqtt.example.com:8883")
     ca, cert, key = (base / sec.get(k, str, required=True) for k in ("ca", "cert", "key"))
     catch_up = sec.get("catch_up_s", float, 30.0)
-    if catch_up > 600:
-        raise ConfigError(path, "sync.catch_up_s", "seconds, 0 to 600")
+    if catch_up > 60:  # READY waits for it: keep well inside systemd's start timeout
+        raise ConfigError(path, "sync.catch_up_s", "seconds, 0 to 60")
     rows = sec.get("outbox_alarm_rows", int, 50_000)
     age = sec.get("outbox_alarm_age_s", float, 6 * 3600.0)
     every = sec.get("telemetry_interval_s", float, 60.0)

@@ -205,7 +205,7 @@ class Daemon:
         try:
             await box.start(full_check=full_check, bundle=bundle)
             for ext in self.extensions:
-                await ext.start(box)
+                await self._start_extension(ext, box)
             sock = self._listen(box)
             server, _ = box.http_server(sock)
         except BaseException:
@@ -214,6 +214,24 @@ class Daemon:
             await self._close(box)
             raise
         return box, server, sock
+
+    async def _start_extension(self, ext: Extension, box: Box) -> None:
+        """Start an extension, but give up on it when a stop comes first (the cloud link of a
+        new box may wait for its catch-up): the box then closes as on any stop, and _close
+        stops the extension whatever it got to."""
+        starting = asyncio.ensure_future(ext.start(box))
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if starting.done():
+            starting.result()  # raises what the start raised
+            return
+        log.info("stop requested while %s was starting; not waiting for it", type(ext).__name__)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
 
     def _listen(self, box: Box) -> socket.socket:
         """The daemon's listening socket, bound once and kept across reloads (rebound only
@@ -340,6 +358,9 @@ class Daemon:
                 if not fut.done():
                     fut.set_result(f"refused: {err}; the running config stays")
                 continue
+            if self.stop_event.is_set():  # a stop came while the new config was checked
+                fut.set_result("refused: the daemon is stopping")
+                return None
             log.info("reloading (%s)", req.source)
             return new, req, fut, t0
         return None

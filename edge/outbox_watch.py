@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge.store import transaction
+
 if TYPE_CHECKING:
     from edge.box import Box
 
@@ -41,6 +43,7 @@ TELEMETRY: dict[str, Callable[[dict[str, Any]], str]] = {
     "downlink_refused": lambda body: str(body.get("reason", "")),
 }
 CLEAR_RATIO = 0.9
+ALARM_KEY = "outbox_alarm"  # ledger meta: "1" while the cloud was last told the alarm is up
 CHECK_S = 5.0  # how often the backlog is read (two index lookups on the database thread)
 TICK_S = 1.0  # how often coalesced telemetry whose interval ended is written
 DEFAULT_INTERVAL_S = 60.0  # a box without [sync]
@@ -195,6 +198,7 @@ class OutboxWatch:
         # An age alarm of minutes (tests, a site that wants to know early) is checked more often.
         self.check_s = min(CHECK_S, max(0.2, sync.outbox_alarm_age_s / 20)) if sync else CHECK_S
         self.backlog = Backlog(0, None)
+        self._loaded = False  # the alarm's state read back from the ledger
         m = box.metrics
         m.gauge_fn(
             "edge_outbox_oldest_age_seconds",
@@ -239,9 +243,15 @@ class OutboxWatch:
         svc = self.box.svc
         assert svc is not None
         conn = svc.ledger.conn
+        alarm = self.alarm
+        if alarm is not None and not self._loaded:
+            # The state the cloud was last told survives a reload or a restart: no second
+            # "raised", and a backlog left in the hysteresis band still clears one day.
+            alarm.active = await self.box.db.call(svc.ledger.meta, ALARM_KEY) == "1"
+            self.coalescer.alarm = alarm.active
+            self._loaded = True
         self.backlog = await self.box.db.call(read_backlog, conn, time.time())
         self.box.stats["outbox_depth"] = self.backlog.depth
-        alarm = self.alarm
         if alarm is not None and alarm.update(self.backlog):
             await self._changed(alarm)
         return self.backlog
@@ -255,7 +265,16 @@ class OutboxWatch:
         else:
             log.info("outbox alarm cleared: %d events waiting", alarm.backlog.depth)
         self.box.bus.publish("outbox", **body)
-        await self._write("outbox_alarm", body)
+        svc = self.box.svc
+        assert svc is not None
+        ledger, active = svc.ledger, alarm.active
+
+        def write() -> None:  # the event and the state it reports, in one transaction
+            with transaction(ledger.conn):
+                ledger.append_event("outbox_alarm", body, time.time())
+                ledger.set_meta(ALARM_KEY, "1" if active else "0")
+
+        await self.box.db.call(write)
 
     async def flush(self) -> None:
         """At stop or reload, before the ledger closes: what the coalescer holds is written."""

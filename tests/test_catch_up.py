@@ -4,11 +4,17 @@ mosquitto (mTLS, ACLs), the real reference hub and real daemons on simulated dev
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from edge.cli import main
+from edge.cloud import CloudLink
+from edge.config import load
+from edge.daemon import Daemon
+from edge.notify import Notifier
 from sync.hub.catchup import Archived, plan
 from tests.broker import Broker, Pki, broker_fixture, pki_fixture  # noqa: F401
 from tests.daemon_kit import SITE, Site, running
@@ -116,3 +122,51 @@ def test_the_cli_snapshot_alone_carries_the_uses(tmp_path: Path, pki: Pki, broke
     with running(offline) as d:  # no [sync]: the file is all it has
         assert _cache_seq(d) == 3
         assert d.scan("entry", code)["reason"] == "used_elsewhere"
+
+
+def _no_hub_sync(site: Site, pki: Pki, port: int, catch_up_s: float) -> None:
+    certs = pki.box(BOX_A)
+    with (site.home / "edge.toml").open("a") as f:
+        f.write(
+            f'\n[sync]\nbroker = "127.0.0.1:{port}"\nca = "{pki.ca_file}"\n'
+            f'cert = "{certs.cert}"\nkey = "{certs.key}"\ncatch_up_s = {catch_up_s}\n'
+        )
+
+
+def test_a_stop_ends_the_wait_for_the_catch_up(tmp_path: Path, pki: Pki) -> None:
+    """A new box whose cloud is unreachable waits for its catch-up; SIGTERM still stops it
+    within the daemon's 5 s."""
+    site = _make_site(tmp_path)
+    _no_hub_sync(site, pki, 1, 25)  # nothing listens on port 1
+    config = load(site.home / "edge.toml", site.home)
+    assert config.sync is not None
+    daemon = Daemon(
+        config, notifier=Notifier({}), bundle=site.bundle, extensions=[CloudLink(config.sync)]
+    )
+
+    async def main() -> float:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(3.0)
+        assert not daemon.ready.is_set() and not task.done()  # still waiting for the cloud
+        t0 = time.monotonic()
+        daemon.request_stop()
+        await asyncio.wait_for(task, 20)
+        return time.monotonic() - t0
+
+    took = asyncio.run(main())
+    assert took < 5.0, f"stop took {took:.1f} s"
+
+
+def test_a_reload_does_not_wait_for_the_catch_up_again(
+    tmp_path: Path, pki: Pki, broker: Broker
+) -> None:
+    """A cloud that sends no caught_up (a hub mid-integration): the box waits once, at start,
+    not at every reload (its lanes are down while it waits)."""
+    site = _make_site(tmp_path)
+    _no_hub_sync(site, pki, broker.port, 4)
+    with running(site, cloud=True) as d:
+        assert d.daemon.ready_after_s is not None and d.daemon.ready_after_s >= 4
+        t0 = time.monotonic()
+        assert d.api("POST", "/api/v1/config/reload")[0] == 202
+        d.wait(lambda: d.daemon.reloads == 1, timeout=20, what="reload")
+        assert time.monotonic() - t0 < 3.5

@@ -165,6 +165,14 @@ def test_an_old_backlog_raises_the_alarm_and_telemetry_waits_longer(tmp_path: Pa
             time.sleep(1.5)
             assert len(alerts(d, "gate-out")) == 1
             assert d.scan("counter", site.ticket())["state"] == "confirmed"  # never refused
+            # A reload keeps the alarm's state: still degraded, and no second "raised" up.
+            before = d.daemon.reloads
+            assert d.api("POST", "/api/v1/config/reload")[0] == 202
+            d.wait(lambda: d.daemon.reloads > before, what="reload done")
+            time.sleep(1.0)  # several checks of the new box's watch
+            assert d.api("GET", "/healthz")[1]["status"] == "degraded"
+            raised = [e["body"] for e in d.outbox() if e["type"] == "outbox_alarm"]
+            assert [r["state"] for r in raised] == ["raised"]
     # Stopping writes what was held back: the cloud will know the gate is up again.
     with sqlite3.connect(site.home / "ledger.db") as conn:
         rows = conn.execute("SELECT body FROM outbox WHERE type = 'device_alert'").fetchall()

@@ -179,7 +179,9 @@ def queue_catch_up(
         )
         sent += n > 0
         t += 1e-3
-    msg_id = f"caught-{stream}-{reach}"
+    # The box's sequence is in the id: a box that reconnects having advanced (its earlier
+    # caught_up came before its imports finished) gets a fresh one; the same state, none.
+    msg_id = f"caught-{stream}-{'n' if have is None else have}-{reach}"
     body = {"site_seq": reach, "bundles": len(todo)}
     payload = sign_message(hub, "caught_up", body, CAUGHT_UP_TTL_S, msg_id, t)
     store.queue_down(msg_id, box, "caught_up", payload, t, CAUGHT_UP_TTL_S)
