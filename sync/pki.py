@@ -19,8 +19,10 @@ CA directory layout (`Ca.create`):
     ca.lock       held (flock) while revoked.json and crl.pem change: the serving hub (renewals)
                   and `edge hub revoke` may revoke at the same time
 
-A CRL has a nextUpdate; OpenSSL refuses every client once it has passed, so whoever runs the CA
-must call `write_crl()` well before `CRL_VALID_S` runs out (and SIGHUP the broker).
+A CRL has a nextUpdate; OpenSSL refuses every client once it has passed (the handshake fails with
+"certificate expired"), so it must be rewritten well before `CRL_VALID_S` runs out and the broker
+SIGHUPed: `refresh_crl()` does it when fewer than CRL_REFRESH_S remain; a serving hub with the CA
+checks hourly, `edge hub crl` does it from cron (sync/hub/revoke.py).
 A CA object is not thread-safe: one owner (the hub) issues and revokes.
 """
 
@@ -54,6 +56,7 @@ DAY = 86400
 # peer a few seconds behind. One minute of backdating is what step-ca does.
 BACKDATE_S = 60
 CRL_VALID_S = 30 * DAY
+CRL_REFRESH_S = 7 * DAY  # rewrite the CRL when less than this is left
 RENEW_AT = 2 / 3
 CN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -554,6 +557,35 @@ class Ca:
         self._save_state(number + 1, revoked)
         write_atomic(self.crl_path, self.crl_pem(now=now))
         return self.crl_path
+
+    def refresh_crl(
+        self, *, min_left_s: float = CRL_REFRESH_S, force: bool = False, now: float | None = None
+    ) -> bool:
+        """Rewrite crl.pem when its nextUpdate is less than `min_left_s` away (or it is missing or
+        unreadable, or `force`); True when rewritten (the broker needs a SIGHUP then)."""
+        t = _now(now)
+        with self._locked():  # decided and written under the lock: a revocation may be running
+            if not force:
+                try:
+                    if crl_next_update(self.crl_path) - t >= min_left_s:
+                        return False
+                except PkiError as err:
+                    log.warning("%s; writing a new one", err)
+            self._write_crl(t)
+        log.info("CRL rewritten: valid until %s", _utc(t + CRL_VALID_S).isoformat())
+        return True
+
+
+def crl_next_update(path: Path) -> float:
+    """The nextUpdate of the CRL in `path` (epoch seconds): OpenSSL refuses every client after it.
+    Raises PkiError when the file is missing or is not a CRL with a nextUpdate."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise PkiError(f"cannot read the CRL {path}: {err}") from err
+    if crl.next_update_utc is None:
+        raise PkiError(f"the CRL {path} has no nextUpdate")
+    return crl.next_update_utc.timestamp()
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

@@ -22,14 +22,24 @@ from edge.cli import main as edge_main
 from edge.ledger import Ledger
 from edge.store import transaction
 from sync import protocol
-from sync.hub.enroll import Enroller, EnrollRefused, EnrollRequest, EnrollServer, Signer, make_claim
+from sync.hub import revoke as revoke_mod
+from sync.hub.enroll import (
+    Enroller,
+    EnrollRefused,
+    EnrollRequest,
+    EnrollServer,
+    Signer,
+    make_claim,
+    record_issued,
+)
 from sync.hub.issuer import Hub
-from sync.hub.revoke import BrokerReload, revoke_superseded
+from sync.hub.revoke import BrokerReload, revoke_box, revoke_superseded
 from sync.hub.serve import HubServer
-from sync.hub.store import HubStore, load_registry, load_revoked, register_box
+from sync.hub.store import HubStore, load_registry, load_revoked, register_box, reload_pending
+from sync.hub.store import mark_revoked as store_mark_revoked
 from sync.link import Link
 from sync.link_store import LedgerLinkStore
-from sync.pki import make_key_and_csr
+from sync.pki import DAY, cert_info, crl_next_update, make_key_and_csr
 from tests.broker import (  # noqa: F401
     Broker,
     CertFiles,
@@ -69,7 +79,11 @@ def reload_of(broker: Broker) -> BrokerReload:
 
 
 def hub_server(
-    hub: Hub, broker: Broker, signer: Signer, reload: BrokerReload | None = None
+    hub: Hub,
+    broker: Broker,
+    signer: Signer,
+    reload: BrokerReload | None = None,
+    crl_check_s: float = 3600.0,
 ) -> HubServer:
     pki = broker.pki
     server = HubServer(
@@ -81,6 +95,7 @@ def hub_server(
         key=pki.hub.key,
         signer=signer,
         broker_reload=reload,
+        crl_check_s=crl_check_s,
     )
     try:
         server.start().wait_ready()
@@ -363,3 +378,168 @@ def test_after_a_renewal_the_old_certificate_no_longer_connects(
 
 def tls(pki: Pki) -> tuple[Path, Path]:
     return pki.server.cert, pki.server.key
+
+
+# -- the CRL's nextUpdate, retried reloads, renewals racing a revocation -------------------------
+
+
+def reloads(broker: Broker, since: int) -> int:
+    return broker.log_text(since).count("Reloading config")
+
+
+def test_the_serving_hub_rewrites_a_crl_about_to_expire(tmp_path: Path, broker: Broker) -> None:
+    """A CRL past its nextUpdate locks every box out; the hub rewrites it with 7 days left."""
+    pki = broker.pki
+    hub = Hub.init(tmp_path / "hub", keys=1)
+    mark = broker.log_size()
+    server = hub_server(hub, broker, Signer(pki.ca, 3600), reload_of(broker), crl_check_s=0.3)
+    try:
+        fresh = crl_next_update(pki.crl_file)
+        time.sleep(1.0)  # several checks: a CRL with 30 days left is left alone
+        assert crl_next_update(pki.crl_file) == fresh and reloads(broker, mark) == 0
+        pki.ca.write_crl(now=time.time() - 24 * DAY)  # signed long ago: 6 days left
+        assert crl_next_update(pki.crl_file) < time.time() + 7 * DAY
+        wait(lambda: crl_next_update(pki.crl_file) > time.time() + 29 * DAY, what="CRL rewritten")
+        broker.wait_log("Reloading config", since=mark)
+        wait(lambda: reload_pending(hub.dir) is None, what="the reload flag cleared")
+        assert server.stats().get("crl_refreshed") == 1
+        with Probe(broker, pki.box("box-a")) as probe:
+            probe.connect()
+    finally:
+        server.close()
+
+
+def test_edge_hub_crl_brings_the_fleet_back_after_the_crl_expired(
+    tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = broker.pki
+    hub_dir = tmp_path / "hub"
+    cert = pki.box("box-a")
+    pki.ca.write_crl(now=time.time() - 31 * DAY)
+    broker.reload()
+    assert "certificate expired" in connect_refused(broker, cert, "box-a").lower()
+
+    argv = ["hub", "crl", "--dir", str(hub_dir), "--device-ca", str(pki.ca.dir)]
+    pid = ["--broker-pid", str(broker.dir / "mosquitto.pid")]
+    mark = broker.log_size()
+    assert edge_main([*argv, *pid]) == 0
+    out = capsys.readouterr().out
+    assert "nextUpdate" in out and "(30.0 days left" in out
+    assert "rewritten 已更新=yes broker reloaded=yes" in out
+    broker.wait_log("Reloading config", since=mark)
+    with Probe(broker, cert) as probe:
+        probe.connect()
+    # From cron: nothing to do with 30 days left.
+    assert edge_main([*argv, *pid]) == 0
+    assert "rewritten 已更新=no broker reloaded=no" in capsys.readouterr().out
+    # Forced without a way to the broker: the reload stays owed, the next run with one sends it.
+    assert edge_main([*argv, "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert "rewritten 已更新=yes broker reloaded=no" in out and "not told" in err
+    assert reload_pending(hub_dir) is not None
+    assert edge_main([*argv, *pid]) == 0
+    assert "rewritten 已更新=no broker reloaded=yes" in capsys.readouterr().out
+    assert reload_pending(hub_dir) is None
+
+
+def test_a_failed_reload_after_a_renewal_is_retried(tmp_path: Path, broker: Broker) -> None:
+    """The cert_renewed batch is acked before the revocation: a broker reload that fails once
+    is retried by the hub until the old certificate is refused."""
+    pki = broker.pki
+    hub = Hub.init(tmp_path / "hub", keys=1)
+    register_box(hub.dir, "box-r", SITE)
+    old = pki.issue("box-r", days=1, not_before=time.time() - 3600)  # the enrollment cert
+    assert broker.proc is not None
+    flaky = tmp_path / "reload-failed-once"
+    script = f"if [ -e {flaky} ]; then kill -HUP {broker.proc.pid}; else touch {flaky}; exit 1; fi"
+    reload = BrokerReload(command=f"sh -c '{script}'")
+    with ExitStack() as stack:
+        server = hub_server(hub, broker, Signer(pki.ca, 3600), reload)
+        stack.callback(server.close)
+        box = Box(stack, tmp_path, broker, hub, "box-r")  # connects with its renewed cert
+        with Probe(broker, old, client_id="box-r-old") as probe:
+            probe.connect()
+        mark = broker.log_size()
+        body = {"serial": format(box.cert.serial, "x"), "not_after": time.time() + DAY}
+        with transaction(box.ledger.conn):
+            box.ledger.append_event("cert_renewed", body, time.time())
+        box.link.notify()
+        wait(lambda: box.outbox() == 0, what="the cert_renewed batch acked")
+        wait(lambda: flaky.exists(), what="the first reload failed")
+        wait(lambda: reload_pending(hub.dir) is None, what="the reload retried", timeout=20)
+        broker.wait_log("Reloading config", since=mark)
+        assert old.serial in pki.ca.revoked_serials()
+        assert "revoked" in connect_refused(broker, old, "box-r-old")
+        stats = server.stats()
+        assert stats.get("revoke_failed") == 1 and "revoke_retry_failed" not in stats
+        assert box.link.status()["connected"]  # the renewed certificate is untouched
+
+
+def test_a_certificate_signed_while_revoke_box_runs_is_revoked_too(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edge hub revoke` reads the box's certificates, then changes the registry: a renewal
+    signed in between is found by its second read."""
+    hub_dir = tmp_path / "hub"
+    register_box(hub_dir, "box-a", SITE)
+    first = pki.box("box-a")
+    signer = Signer(pki.ca, 3600)
+    late: list[str] = []
+    real_mark = store_mark_revoked
+
+    def renewal_in_between(*args: Any, **kw: Any) -> tuple[dict[str, Any], bool]:
+        if not late:
+            cert = signer.sign(make_key_and_csr("box-a")[1], "box-a")
+            late.append(record_issued(hub_dir, "box-a", cert, "renewal", time.time()))
+        return real_mark(*args, **kw)
+
+    monkeypatch.setattr(revoke_mod, "mark_revoked", renewal_in_between)
+    res = revoke_box(hub_dir, "box-a", reason="stolen", ca=pki.ca, reload=None, broker=None)
+    assert late and late[0] in res.newly and format(first.serial, "x") in res.newly
+    assert int(late[0], 16) in pki.ca.revoked_serials()
+    assert late[0] in load_revoked(hub_dir)["box-a"]["serials"]
+    assert reload_pending(hub_dir) is not None  # no broker given: a serving hub reloads it
+
+
+class RevokedWhileSigning(Signer):
+    """The operator's `edge hub revoke` (registry step) lands while the hub signs the CSR."""
+
+    def __init__(self, ca: Any, hub_dir: Path) -> None:
+        super().__init__(ca, 3600)
+        self.hub_dir = hub_dir
+        self.signed: list[int] = []
+
+    def sign(self, csr_pem: bytes, box: str) -> bytes:
+        cert = super().sign(csr_pem, box)
+        self.signed.append(cert_info(cert).serial)
+        revoke_box(self.hub_dir, box, reason="stolen", ca=None, reload=None, broker=None)
+        return cert
+
+
+def test_a_csr_signed_while_its_box_is_revoked_gets_no_certificate(
+    tmp_path: Path, broker: Broker, probes: Probes
+) -> None:
+    pki = broker.pki
+    hub = Hub.init(tmp_path / "hub", keys=1)
+    register_box(hub.dir, "box-a", SITE)
+    signer = RevokedWhileSigning(pki.ca, hub.dir)
+    server = hub_server(hub, broker, signer, reload_of(broker))
+    try:
+        probe = probes(broker, pki.box("box-a"))
+        probe.subscribe("gw/box-a/down/#")
+        mark = broker.log_size()
+        doc = {"v": 1, "box": "box-a", "csr": make_key_and_csr("box-a")[1].decode()}
+        assert not probe.publish(protocol.up_csr("box-a"), json.dumps(doc)).is_failure
+        wait(lambda: refused_revoked(server) == 1, what="the CSR refused as revoked")
+        assert len(signer.signed) == 1 and signer.signed[0] in pki.ca.revoked_serials()
+        broker.wait_log("Reloading config", since=mark)
+        assert probe.get(1.0) is None  # no certificate message
+        assert server.stats().get("certificates_issued", 0) == 0
+        store = HubStore(hub.dir / "hub.db", create=False)
+        try:
+            n = store.conn.execute("SELECT count(*) FROM outgoing WHERE box = 'box-a'").fetchone()
+        finally:
+            store.close()
+        assert n[0] == 0
+    finally:
+        server.close()

@@ -1,5 +1,5 @@
 """`edge hub ...`: the reference cloud tools (keys, minting, display codes, bundles, vectors) and
-its sync side (register, serve, claim, revoke, send, status)."""
+its sync side (register, serve, claim, revoke, crl, send, status)."""
 
 from __future__ import annotations
 
@@ -302,6 +302,15 @@ def _register_sync(hs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_revoke)
 
+    p = hs.add_parser(
+        "crl", help="rewrite the device CA's CRL before its nextUpdate and reload the broker (cron)"
+    )
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--device-ca", required=True, type=Path, help="device CA directory")
+    _broker_reload_options(p)
+    p.add_argument("--force", action="store_true", help="rewrite it even with 7+ days left")
+    p.set_defaults(func=cmd_crl)
+
     p = hs.add_parser("claim", help="make a one-time claim token for enrolling a box")
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--box", required=True, help="the box id (its certificate CN)")
@@ -383,6 +392,32 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     )
     text = json.dumps(res.as_dict(), ensure_ascii=False, sort_keys=True)
     print(text if args.json else "\n".join(res.report()))
+    return 0
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    from sync.hub.revoke import refresh_crl
+    from sync.pki import Ca, crl_next_update
+
+    ca = Ca.load(args.device_ca)
+    reload = _broker_reload(args)
+    if reload is not None:
+        reload.check()  # before anything changes
+    rewritten, reloaded = refresh_crl(args.dir, ca, reload, force=args.force)
+    until = crl_next_update(ca.crl_path)
+    left = (until - time.time()) / DAY
+    yes = {True: "yes", False: "no"}
+    print(
+        f"crl 吊销列表 {ca.crl_path}: nextUpdate {_when(until)} "
+        f"({left:.1f} days left 剩余天数); rewritten 已更新={yes[rewritten]} "
+        f"broker reloaded={yes[reloaded]}"
+    )
+    if rewritten and reload is None:
+        print(
+            "warning 警告: the broker was not told (--broker-pid or --broker-reload): it keeps "
+            "the old CRL until its next SIGHUP",
+            file=sys.stderr,
+        )
     return 0
 
 

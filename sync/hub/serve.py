@@ -48,7 +48,7 @@ from sync.hub.bundles import CHUNK_SIZE, UsedDebounce, used_delta
 from sync.hub.catchup import archive_bundle, queue_bundle, queue_catch_up
 from sync.hub.enroll import Signer, record_issued
 from sync.hub.issuer import Hub
-from sync.hub.revoke import BrokerReload, revoke_superseded
+from sync.hub.revoke import CRL_CHECK_S, BrokerReload, RevocationUpkeep
 from sync.hub.signing import sign_message
 from sync.hub.store import HUB_DB, HubStore, load_registry, load_revoked, registry_stamp
 from sync.pki import CsrRefused, cert_info, tls_client_context
@@ -130,10 +130,12 @@ class HubServer:
         keepalive: int = 30,
         signer: Signer | None = None,
         broker_reload: BrokerReload | None = None,
+        crl_check_s: float = CRL_CHECK_S,
     ) -> None:
-        """`signer`: the device CA, to answer renewal CSRs (None: they are refused) and to revoke
-        the certificates a renewal superseded; `broker_reload`: makes the broker re-read the CRL
-        then (sync/hub/revoke.py)."""
+        """`signer`: the device CA, to answer renewal CSRs (None: they are refused), to revoke
+        the certificates a renewal superseded and to keep the CRL fresh (checked every
+        `crl_check_s`); `broker_reload`: makes the broker re-read the CRL then
+        (sync/hub/revoke.py)."""
         self.hub = hub
         self.signer = signer
         self.broker_reload = broker_reload
@@ -174,6 +176,14 @@ class HubServer:
         self._start_error: BaseException | None = None
         self._closed = False
         self._used = UsedDebounce(USED_DEBOUNCE_S)  # sites owing a used delta (worker)
+        # Revocation retries, broker reloads still owed, the CRL's nextUpdate (worker).
+        self._upkeep = RevocationUpkeep(
+            hub.dir,
+            signer.ca if signer is not None else None,
+            broker_reload,
+            crl_check_s=crl_check_s,
+            count=self._count,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -352,6 +362,7 @@ class HubServer:
 
     def _tick(self) -> None:
         self._reload_registry()
+        self._upkeep.tick()  # runs while disconnected too: an expired CRL locks the hub out
         self._publish_used()
         self._flush(time.time())
 
@@ -450,24 +461,10 @@ class HubServer:
             self._superseded(box, renewed[-1].body)
 
     def _superseded(self, box: str, body: dict[str, Any]) -> None:
-        """A box works with its renewed certificate: revoke its older ones (idempotent)."""
-        if self.signer is None:
-            log.warning("hub: %s renewed its certificate; no device CA to revoke the old one", box)
-            return
+        """A box works with its renewed certificate: revoke its older ones (idempotent). The
+        batch is acked already: a failure is kept and retried by the upkeep, not dropped."""
         serial = body.get("serial")
-        try:
-            done = revoke_superseded(
-                self.hub.dir,
-                box,
-                serial if isinstance(serial, str) else None,
-                ca=self.signer.ca,
-                reload=self.broker_reload,
-            )
-        except Exception:
-            log.exception("hub: revoking the superseded certificates of %s failed", box)
-            self._count("revoke_failed")
-            return
-        self._count("certificates_revoked", len(done))
+        self._upkeep.superseded(box, serial if isinstance(serial, str) else None)
 
     def _on_status(self, box: str, site: str, payload: bytes) -> None:
         try:
@@ -531,11 +528,20 @@ class HubServer:
         except CsrRefused as err:
             self._refuse(box, f"csr_{err.reason}", err.detail)
             return
-        record_issued(self.hub.dir, box, cert, "renewal", now)  # for revocation, later
+        serial = record_issued(self.hub.dir, box, cert, "renewal", now)  # for revocation
         body = {"cert": cert.decode("ascii")}
         signed = sign_message(self.hub, "certificate", body, CERT_TTL_S, msg_id, now)
         with transaction(store.conn):
-            store.queue_down(msg_id, box, "certificate", signed, now, CERT_TTL_S)
+            # `edge hub revoke` may have run since the check before this message: it reads the
+            # box's certificates after its registry change, and its retire() waits for this
+            # transaction, so the certificate is either seen here or revoked and retired there.
+            revoked = box in load_revoked(self.hub.dir)
+            if not revoked:
+                store.queue_down(msg_id, box, "certificate", signed, now, CERT_TTL_S)
+        if revoked:
+            self._upkeep.revoke_late(box, serial)
+            self._refuse(box, "revoked", f"{box} was revoked while its CSR was signed")
+            return
         self._count("certificates_issued")
         log.info("renewed the certificate of %s (serial %x)", box, cert_info(cert).serial)
         self._next_tick = 0.0

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 HUB_DB = "hub.db"
 REGISTRY = "boxes.json"
+# Set while the CRL has changed and the broker may not have re-read it (sync/hub/revoke.py).
+RELOAD_PENDING = "broker-reload.pending"
 
 HUB_SCHEMA = Schema(
     "hub",
@@ -182,6 +185,44 @@ def registry_stamp(hub_dir: Path) -> tuple[int, int]:
     except FileNotFoundError:
         return (0, 0)
     return (st.st_ino, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def _flag_locked(hub_dir: Path) -> Iterator[Path]:
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(hub_dir / ".reload.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield hub_dir / RELOAD_PENDING
+    finally:
+        os.close(fd)
+
+
+def mark_reload_pending(hub_dir: Path, why: str) -> str:
+    """Before the CRL changes: a file that stays until the broker has re-read it, so a failed
+    reload (or a crash) is retried by a serving hub. Returns this change's token."""
+    token = f"{secrets.token_hex(8)} {time.time():.0f} {why[:200]}"
+    with _flag_locked(hub_dir) as path:
+        write_atomic(path, token.encode(), 0o600)
+    return token
+
+
+def reload_pending(hub_dir: Path) -> str | None:
+    """The token of the last CRL change the broker may not have read yet (None: none)."""
+    try:
+        return (hub_dir / RELOAD_PENDING).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def clear_reload_pending(hub_dir: Path, token: str) -> bool:
+    """After a reload begun once `token` was read: clear the flag, unless a later change set it
+    again meanwhile (that one needs a reload of its own). True when cleared."""
+    with _flag_locked(hub_dir) as path:
+        if reload_pending(hub_dir) != token:
+            return False
+        path.unlink()
+    return True
 
 
 # -- the store -----------------------------------------------------------------------------------
