@@ -96,6 +96,12 @@ HUB_SCHEMA = Schema(
             PRIMARY KEY (box, reason)
         ) WITHOUT ROWID;
         """,
+        # The used delta looks up each redemption's confirmation and reads the events stored
+        # since its cursor: without these, a 100k-event drain made it quadratic (bench sync).
+        """
+        CREATE INDEX events_by_redemption ON events (redemption_id, type);
+        CREATE INDEX events_by_received ON events (received_at);
+        """,
     ],
 )
 
