@@ -19,11 +19,25 @@ from edge.store import transaction
 
 log = logging.getLogger(__name__)
 WARN_RATIO = 0.8
+CLEAR_MARGIN = 0.05  # a level clears once the load is this far (at least one) under it
+_RANK = {"normal": 0, "warn": 1, "full": 2}
 LEVEL_TEXT = {
     "normal": ("客流正常", "Normal"),
     "warn": ("客流预警", "Crowd warning"),
     "full": ("已满 暂停入园", "Full: entries paused"),
 }
+
+
+def held_level(prev: str, level: str, load: int, warn: int | None, full: int | None) -> str:
+    """Hysteresis: a level goes down only once the load is clearly under its threshold, so a
+    zone at its limit (one out, one in, ...) does not flap alerts at the supervisor and the
+    cloud. Going up is never held back."""
+    if _RANK[level] >= _RANK[prev]:
+        return level
+    bar = full if prev == "full" else warn
+    if bar is not None and load >= bar - max(1, math.ceil(bar * CLEAR_MARGIN)):
+        return prev
+    return level
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class CrowdWatch:
                 level = "full"
             elif warn is not None and load >= warn:
                 level = "warn"
+            level = held_level(self.levels.get(zone, "normal"), level, load, warn, full)
             out.append(ZoneLevel(zone, inside, load - inside, warn, full, level))
         return out
 

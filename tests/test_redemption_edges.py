@@ -250,3 +250,18 @@ def test_refused_commands_stop_cleanly_store_errors_do_not(tmp_path: Path) -> No
         raise RuntimeError("a bug")
     with WriteLock(tmp_path) as lock:
         assert lock.unclean
+
+
+def test_a_crowd_level_clears_only_clearly_under_its_threshold() -> None:
+    from edge.occupancy import held_level
+
+    # full 10, warn 8: at the limit one out and one in does not flap full -> warn -> full.
+    assert held_level("normal", "full", 10, 8, 10) == "full"  # up at once
+    assert held_level("full", "warn", 9, 8, 10) == "full"  # one out: still full
+    assert held_level("full", "warn", 8, 8, 10) == "warn"  # clearly under: cleared
+    assert held_level("warn", "normal", 7, 8, 10) == "warn"
+    assert held_level("warn", "normal", 6, 8, 10) == "normal"
+    assert held_level("full", "normal", 0, 8, 10) == "normal"
+    # A big zone: the margin is 5 %.
+    assert held_level("full", "warn", 960, 800, 1000) == "full"
+    assert held_level("full", "warn", 949, 800, 1000) == "warn"
