@@ -26,9 +26,9 @@ from edge.bundle_inbox import BundleReceiver
 from edge.cloud_config import on_config, on_reload_command
 from edge.config import SyncConfig
 from edge.store import transaction
+from sync.certs import cert_info, renew_due
 from sync.link import Link
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
-from sync.pki import cert_info, renew_due
 from sync.protocol import Down, ProtocolError, load
 from sync.provision import ProvisionError, Renewal, alert_due
 

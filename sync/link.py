@@ -27,6 +27,9 @@ the old ones) and the future says False. The CSR itself goes up through `request
 
 Reconnects: paho waits a fixed second; `_pre_connect` adds an exponential, jittered wait on
 top, so a fleet does not reconnect in lockstep after a cloud outage.
+
+The uplink's batches and acks are sync/link_uplink.py (LinkUplink), the downlink's messages
+sync/link_down.py (LinkDownlink): both are mixins of Link, run by its worker.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +54,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.trust import TrustAnchor
 from sync import protocol
+from sync.certs import tls_client_context
+from sync.link_down import LinkDownlink
 from sync.link_store import LedgerLinkStore, LinkStore, OutboxReader
-from sync.pki import tls_client_context
-from sync.protocol import MAX_IN_FLIGHT, Down, ProtocolError
+from sync.link_uplink import POLL_S, LinkUplink, _Flight
+from sync.protocol import MAX_IN_FLIGHT, Down
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 86400  # a box offline for up to a day still gets what was sent meanwhile
 RESEND_AFTER_S = 30.0
-WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
-POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 STOP_STATUS_WAIT_S = 2.0
 ROTATE_TIMEOUT_S = 30.0
 RECONNECT_RESEND_S = 3.0  # unacked batches go again this soon after a reconnect
@@ -74,20 +76,7 @@ def _version() -> str:
         return "unknown"
 
 
-@dataclass
-class _Flight:
-    """One batch between its first send and the hub's ack."""
-
-    first: int
-    last: int
-    payload: bytes
-    mid: int | None = None  # awaiting a broker PUBACK under this mid
-    sent_at: float = 0.0
-    due_at: float = 0.0  # (re)send when still unacked at this time
-    failures: int = 0
-
-
-class Link:
+class Link(LinkUplink, LinkDownlink):
     def __init__(
         self,
         store: LinkStore,
@@ -442,150 +431,6 @@ class Link:
         self._status_mid = self._client.publish(
             protocol.up_status(self.box), doc, qos=1, retain=True
         ).mid
-
-    def _puback(self, mid: int, rc: ReasonCode) -> None:
-        first = self._by_mid.pop(mid, None)
-        if first is None:
-            if mid == self._status_mid and rc.is_failure:
-                self._error(f"status refused: {rc}")
-            return  # a batch the hub acked meanwhile, or one sent again under a new mid
-        f = self._flights[first]
-        f.mid = None
-        if rc.is_failure:
-            # e.g. 0x87 not authorized, 0x97 quota: back to pending, retried with backoff
-            f.failures += 1
-            f.due_at = self.clock() + min(self.resend_after, 2.0**f.failures)
-            log.warning("broker refused batch %d-%d: %s", f.first, f.last, rc)
-            self._error(f"publish refused: {rc}")
-            self._count("publish_refused")
-
-    def _ack(self, payload: bytes) -> None:
-        now = self.clock()
-        try:
-            ack = protocol.parse_ack(payload)
-        except ProtocolError as err:
-            self._refused(err.reason, f"ack: {err.detail}")
-            return
-        epoch = self.store.epoch
-        if ack.epoch != epoch:
-            log.info("ignoring an ack for epoch %s (this ledger is %s)", ack.epoch, epoch)
-            return
-        # The offset only from an ack of a batch sent on this connection moments ago, half
-        # the round trip corrected: an ack the broker held while the box was offline carries
-        # an old hub_time and would make the clock look hours wrong.
-        through = ack.acked_through
-        t0 = [f.sent_at for f in self._flights.values() if f.first <= through <= f.last]
-        if t0 and t0[0] >= self._since and now - t0[0] < 10:
-            self._offset = ack.hub_time - (t0[0] + now) / 2
-            self.store.clock(self._offset)
-            self._set(clock_offset_s=self._offset)
-        if ack.acked_through > self._acked:
-            n = self.store.acked(epoch, ack.acked_through)
-            self._acked = ack.acked_through
-            for first in [k for k, f in self._flights.items() if f.last <= self._acked]:
-                f = self._flights.pop(first)
-                if f.mid is not None:
-                    self._by_mid.pop(f.mid, None)
-            self._reader.skip_through(self._acked)
-            log.debug("hub acked through %d (%d rows dropped)", self._acked, n)
-        self._set(
-            acked_through=self._acked,
-            last_ack_at=now,
-            outbox=self.store.depth(),
-        )
-
-    def _message(self, gen: int, mid: int, qos: int, topic: str, payload: bytes) -> None:
-        if topic == protocol.down_ack(self.box):
-            self._ack(payload)
-        elif topic == protocol.down_msg(self.box):
-            if not self._downlink(payload):
-                return  # not stored: no ack, the broker delivers it again after a reconnect
-        else:
-            self._refused("unknown_topic", topic[:120])
-        # A mid belongs to one connection; after a reconnect the broker resends what was not
-        # acked, and that copy is acked when it comes through here again.
-        if qos and gen == self._cb_gen and self._connected:
-            self._client.ack(mid, qos)
-
-    def _downlink(self, payload: bytes) -> bool:
-        try:
-            # Expiry on the box's clock corrected by the offset to the hub's.
-            now = self.clock() + self._offset
-            down = protocol.verify_down(payload, self.anchor, self.store.site, now)
-        except ProtocolError as err:
-            self._refused(err.reason, err.detail)
-            return True
-        try:
-            fresh = self.store.accept(down, payload)
-        except Exception as err:
-            log.exception("cannot store downlink message %s; not acknowledged", down.id)
-            self._error(f"inbox: {type(err).__name__}: {err}")
-            return False
-        if not fresh:
-            log.info("downlink %s %s delivered again; already stored", down.type, down.id)
-            self._count("duplicates")
-            return True
-        self._count("received")
-        try:
-            self.on_down(down)
-        except Exception:
-            # It is in the inbox: the daemon handles what is left there after a restart.
-            log.exception("on_down failed for %s %s", down.type, down.id)
-        return True
-
-    def _refused(self, reason: str, detail: str) -> None:
-        log.warning("downlink refused (%s): %s", reason, detail)
-        with self._lock:
-            refused = self._st["refused"]
-            refused[reason] = refused.get(reason, 0) + 1
-        if self.on_refused is not None:
-            try:
-                self.on_refused(reason, detail)
-            except Exception:
-                log.exception("on_refused failed")
-
-    # -- publishing ----------------------------------------------------------------------------
-
-    def _pump(self) -> None:
-        self._rotation_check(connected=False)
-        now = self.clock()
-        if now - self._last_poll >= POLL_S:
-            self._last_poll = now
-            self._reader.wake()
-            self._set(outbox=self.store.depth())
-        if self._connected:
-            # Sent again first, in seq order, so the hub's high-water mark moves.
-            for first in sorted(self._flights):
-                if self._awaiting() >= MAX_IN_FLIGHT:
-                    break
-                f = self._flights[first]
-                if f.due_at <= now:
-                    self._send(f, again=True)
-            while self._awaiting() < MAX_IN_FLIGHT and len(self._flights) < WINDOW:
-                batch = self._reader.next_batch()
-                if batch is None:
-                    break
-                new = _Flight(batch.events[0].seq, batch.events[-1].seq, batch.encode())
-                self._flights[new.first] = new
-                self._send(new, again=False)
-        self._set(
-            in_flight=self._awaiting(),
-            pending_acks=sum(f.last - f.first + 1 for f in self._flights.values()),
-        )
-
-    def _awaiting(self) -> int:
-        return len(self._by_mid)
-
-    def _send(self, f: _Flight, *, again: bool) -> None:
-        if f.mid is not None:
-            self._by_mid.pop(f.mid, None)
-        info = self._client.publish(protocol.up_events(self.box), f.payload, qos=1)
-        # Not connected any more: paho keeps it and sends it after the reconnect; its PUBACK
-        # comes through on_publish like any other.
-        f.mid, f.sent_at = info.mid, self.clock()
-        f.due_at = f.sent_at + self.resend_after
-        self._by_mid[info.mid] = f.first
-        self._count("resent_batches" if again else "sent_batches")
 
     def _shutdown(self) -> None:
         if not self._connected:

@@ -30,7 +30,7 @@ from edge import config as cfgmod
 from edge.errors import EdgeError
 from edge.trust import ANCHOR_FORMAT, ANCHOR_VERSION, TrustAnchor, normalise_fingerprint
 from sync import protocol
-from sync.pki import (
+from sync.certs import (
     DAY,
     PkiError,
     cert_info,

@@ -38,7 +38,7 @@ from typing import Any
 from edge.store import Schema, open_db, transaction
 from sync import protocol
 from sync.hub.issuer import Hub
-from sync.hub.store import load_revoked, register_box
+from sync.hub.registry import load_revoked, register_box
 from sync.pki import CN_RE, Ca, CsrRefused, cert_info
 
 log = logging.getLogger(__name__)
