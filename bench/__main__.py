@@ -7,13 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import core, daemon, drivers
+from bench import core, daemon, drivers, sync
 from bench.stats import Figures, check_targets, progress
 
 AREAS: dict[str, Callable[[bool, Path | None, bool], Figures]] = {
     "core": core.run,
     "drivers": drivers.run,
     "daemon": daemon.run,
+    "sync": sync.run,
 }
 
 

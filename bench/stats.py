@@ -88,6 +88,11 @@ TARGETS = (
     Target("start_to_ready_max_s", 3.0, "s"),
     Target("idle_rss_mb", 150.0, "MB"),
     Target("rss_growth_200k_scans_mb", 20.0, "MB"),
+    # issue 5, "Performance" (bench/sync.py)
+    Target("drain_100k_s", 10.0, "s"),
+    Target("scan_to_gate_during_drain_ratio", 2.0, "x"),
+    Target("fleet_lost", 0.0, ""),
+    Target("fleet_duplicated_effects", 0.0, ""),
 )
 
 
