@@ -28,6 +28,7 @@ from edge.rules import Reason
 from edge.service import RedemptionService
 from edge.store import WriteLock
 from edge.trust import TrustAnchor
+from kiosk_ui.users import register as register_users
 from sync.hub.cli import register as register_hub
 
 EXIT_OK, EXIT_ERROR, EXIT_DENY = 0, 2, 3
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
     p.set_defaults(func=cmd_demo)
 
+    register_users(sub, lambda args: _load_config(args).state_dir)
     register_hub(sub)
     return parser
 
