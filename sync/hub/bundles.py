@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -75,33 +74,16 @@ def _site_boxes(store: HubStore, site: str) -> list[str]:
     return [str(b) for (b,) in store.conn.execute("SELECT box FROM boxes WHERE site = ?", (site,))]
 
 
-def _used_entry(store: HubStore, rid: str) -> tuple[bytes, bytes, str, str, int, int] | None:
-    """The USED entry for a redemption the hub holds, or None when it is not (or no longer) a
-    use: voided, not confirmed yet, nobody passed, or missing what the box keys on."""
-    c = store.conn
-    row = c.execute(
-        "SELECT canonical_id, list_id, direction, voided, event_id, at FROM redemptions "
-        "WHERE id = ?",
-        (rid,),
-    ).fetchone()
-    if row is None:
-        return None
-    cid, list_id, direction, voided, event_id, at = row
+def _used_entry(rid: str, row: tuple[Any, ...]) -> tuple[bytes, bytes, str, str, int, int] | None:
+    """The USED entry for a redemption from its row (canonical_id, list_id, direction, voided,
+    at, passed), or None when it is not (or no longer) a use: voided, not confirmed yet (passed
+    NULL: sync/hub/store.py sets it as the confirmation is stored), nobody passed, or missing
+    what the box keys on."""
+    cid, list_id, direction, voided, at, passed = row
     if voided or not cid or not list_id or direction not in ("entry", "exit"):
         return None
-    ev = c.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
-    body: dict[str, Any] = json.loads(ev[0]) if ev else {}
-    passed: Any = body.get("passed") if body.get("state") == "confirmed" else None
-    if passed is None:
-        conf = c.execute(
-            "SELECT body FROM events WHERE type = 'redemption_confirmed' AND redemption_id = ? "
-            "ORDER BY at DESC LIMIT 1",
-            (rid,),
-        ).fetchone()
-        if conf is None:
-            return None  # still pending: the gate may not open, the box may void it
-        passed = json.loads(conf[0]).get("passed", body.get("persons", 1))
-    if not isinstance(passed, int) or isinstance(passed, bool) or passed < 1:
+    # None: still pending (the gate may not open, the box may void it); 0: nobody passed.
+    if not isinstance(passed, int) or passed < 1:
         return None
     try:
         rid_b, cid_b = bytes.fromhex(rid), bytes.fromhex(str(cid))
@@ -121,24 +103,25 @@ def used_entries(
     if not boxes:
         return [], since
     marks = ",".join("?" * len(boxes))
+    # One query: each redemption id once (the body's `id` or `redemption_id` when it is a
+    # string, else the event's, read by SQLite's JSON functions: no body reaches Python) with
+    # its row, where the hub keeps how many passed.
     rows = store.conn.execute(
+        "SELECT t.rid, t.received_at, r.canonical_id, r.list_id, r.direction, r.voided, r.at, "
+        "r.passed FROM (SELECT rid, max(received_at) AS received_at FROM (SELECT received_at, CASE "
+        "WHEN json_type(body, '$.' || key) = 'text' THEN json_extract(body, '$.' || key) "
+        "ELSE redemption_id END AS rid FROM (SELECT received_at, body, redemption_id, "
+        "CASE type WHEN 'redemption' THEN 'id' ELSE 'redemption_id' END AS key "
         # By the cursor's index: led by box, the planner would read the boxes' whole history.
-        f"SELECT received_at, type, body, redemption_id FROM events "
-        f"INDEXED BY events_by_received WHERE received_at > ? "
-        f"AND type IN ('redemption', 'redemption_confirmed') AND box IN ({marks}) "
-        "ORDER BY received_at",
+        f"FROM events INDEXED BY events_by_received WHERE received_at > ? "
+        f"AND type IN ('redemption', 'redemption_confirmed') AND box IN ({marks}))) "
+        "GROUP BY rid) AS t LEFT JOIN redemptions AS r ON r.id = t.rid",
         (since, *boxes),
     ).fetchall()
-    cursor = since
-    rids: dict[str, None] = {}
-    for received_at, etype, body_text, event_rid in rows:
-        cursor = max(cursor, float(received_at))
-        body = json.loads(body_text)
-        rid = body.get("id") if etype == "redemption" else body.get("redemption_id")
-        rid = rid if isinstance(rid, str) else event_rid
-        if isinstance(rid, str):
-            rids[rid] = None
-    entries = [e for e in (_used_entry(store, rid) for rid in rids) if e is not None]
+    cursor = max([since, *(float(row[1]) for row in rows)])
+    # A redemption the hub has no row for comes back as NULLs: no canonical id, no entry.
+    found = (_used_entry(row[0], row[2:]) for row in rows if isinstance(row[0], str))
+    entries = [e for e in found if e is not None]
     entries.sort(key=lambda e: e[0])  # key order: the box appends to its B-tree
     return entries, cursor
 

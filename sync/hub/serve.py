@@ -55,7 +55,7 @@ from sync.hub.registry import load_registry, load_revoked, registry_stamp
 from sync.hub.revoke import BrokerReload
 from sync.hub.signing import sign_message
 from sync.hub.store import HUB_DB, HubStore
-from sync.hub.uplink import HubUplink
+from sync.hub.uplink import HubUplink, is_events
 from sync.pki import tls_client_context
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ BUNDLE_TTL_S = DAY
 USED_DEBOUNCE_S = 1.0  # redemptions of one burst ride on one used delta
 NO_MATCHING_SUBSCRIBERS = 0x10
 MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+# Batches already queued are stored in one transaction (one fsync instead of one each): the
+# broker hands the hub up to its max_inflight_messages (20) unacked messages at a time.
+GROUP_MAX = 32
 
 
 def queue_message(
@@ -171,6 +174,7 @@ class HubServer(HubUplink):
         c.on_subscribe = _guard("subscribe", self._cb_subscribe)
         # Worker state: touched only by the worker thread.
         self._store: HubStore | None = None
+        self._pushback: tuple[Any, ...] | None = None  # taken from the queue, not a batch
         self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (message id, box)
         self._cb_gen = 0  # successful CONNACKs (network thread): the packet ids' connection
         self._retry_at: dict[str, tuple[str, float]] = {}  # message id -> (box, when)
@@ -286,10 +290,12 @@ class HubServer(HubUplink):
         ready.set()
         try:
             while True:
-                try:
-                    item = self._q.get(timeout=TICK_S)
-                except queue.Empty:
-                    item = None
+                item, self._pushback = self._pushback, None
+                if item is None:
+                    try:
+                        item = self._q.get(timeout=TICK_S)
+                    except queue.Empty:
+                        item = None
                 if item is not None and item[0] == "stop":
                     break
                 try:
@@ -311,19 +317,39 @@ class HubServer(HubUplink):
         assert self._store is not None
         return self._store
 
+    def _group(self, first: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """`first` (a batch) and the batches queued right behind it, up to GROUP_MAX; never
+        waits. Anything else stops the group and is handled next, in its order."""
+        group = [first]
+        while len(group) < GROUP_MAX:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] != "message" or not is_events(item[1]):
+                self._pushback = item
+                break
+            group.append(item)
+        return group
+
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "message":
-            _, topic, payload, mid, qos, gen = item
+            group = self._group(item) if is_events(item[1]) else [item]
             try:
-                self._on_message(topic, payload)
+                if is_events(item[1]):
+                    self._on_event_messages([m[2] for m in group], [m[1] for m in group])
+                else:
+                    self._on_message(item[1], item[2])
             finally:
-                # Only now: stored, or refused for good. After a failure too: the box resends
-                # what was not app-acked, and an unacked message would hold a broker slot.
-                # A packet id belongs to one connection: a message received before a reconnect
-                # comes again on the new one and is acked then, never under a reused id.
-                if qos > 0 and gen == self._cb_gen:
-                    self._client.ack(mid, qos)
+                # Only now: stored (committed), or refused for good. After a failure too: the
+                # box resends what was not app-acked, and an unacked message would hold a
+                # broker slot. A packet id belongs to one connection: a message received before
+                # a reconnect comes again on the new one and is acked then, never under a
+                # reused id.
+                for _, _, _, mid, qos, gen in group:
+                    if qos > 0 and gen == self._cb_gen:
+                        self._client.ack(mid, qos)
         elif kind == "puback":
             self._on_puback(item[1], item[2])
         elif kind == "send":

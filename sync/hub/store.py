@@ -103,8 +103,48 @@ HUB_SCHEMA = Schema(
         CREATE INDEX events_by_redemption ON events (redemption_id, type);
         CREATE INDEX events_by_received ON events (received_at);
         """,
+        # How many passed, on the redemption's row (set as its confirmation is stored), so the
+        # used delta reads one row per redemption instead of event bodies: NULL while pending,
+        # else the persons who passed (0: none, or a count that is no number). Rows stored
+        # before: from their events, as the delta read them (the confirmed redemption event's
+        # `passed`, else the latest confirmation's, else the redemption's `persons`, else 1).
+        """
+        ALTER TABLE redemptions ADD COLUMN passed INTEGER;
+        UPDATE redemptions SET passed = (
+            SELECT CASE
+                WHEN json_type(c.body, '$.passed') IS NULL THEN coalesce((
+                    SELECT CASE json_type(o.body, '$.persons')
+                        WHEN 'integer' THEN max(0, min(json_extract(o.body, '$.persons'), 255))
+                        ELSE 0 END
+                    FROM events o WHERE o.id = redemptions.event_id
+                        AND json_type(o.body, '$.persons') IS NOT NULL), 1)
+                WHEN json_type(c.body, '$.passed') = 'integer'
+                    THEN max(0, min(json_extract(c.body, '$.passed'), 255))
+                ELSE 0 END
+            FROM events c WHERE c.type = 'redemption_confirmed' AND c.redemption_id = redemptions.id
+            ORDER BY c.at DESC LIMIT 1);
+        UPDATE redemptions SET passed = (
+            SELECT CASE json_type(o.body, '$.passed')
+                WHEN 'integer' THEN max(0, min(json_extract(o.body, '$.passed'), 255)) ELSE 0 END
+            FROM events o WHERE o.id = redemptions.event_id)
+        WHERE EXISTS (
+            SELECT 1 FROM events o WHERE o.id = redemptions.event_id
+                AND json_extract(o.body, '$.state') = 'confirmed'
+                AND json_type(o.body, '$.passed') != 'null');
+        """,
     ],
 )
+
+CACHE_KIB = 32 * 1024
+MAX_PASSED = 255  # a USED entry's count is one byte
+_encode_body = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # made once
+
+
+def passed_count(value: Any) -> int:
+    """A confirmation's `passed` as the row keeps it: 0 when it is no usable count."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return max(0, min(value, MAX_PASSED))
 
 
 @dataclass(frozen=True)
@@ -140,6 +180,9 @@ class HubStore:
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self.conn: sqlite3.Connection = open_db(path, HUB_SCHEMA, create=create)
+        # The events' id index and the redemptions take random keys: a group of batches dirties
+        # pages all over them, which the default 2 MB cache would read back from the file.
+        self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
     def close(self) -> None:
         self.conn.close()
@@ -150,27 +193,28 @@ class HubStore:
         res = BatchResult()
         c = self.conn
         redemptions: list[str] = []
-        for e in batch.events:
-            cur = c.execute(
-                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (
-                    batch.box,
-                    batch.epoch,
-                    e.seq,
-                    e.id,
-                    e.type,
-                    e.at,
-                    json.dumps(e.body, ensure_ascii=False, sort_keys=True),
-                    e.redemption_id,
-                    now,
-                ),
-            )
-            if cur.rowcount == 0:
+        box, epoch = batch.box, batch.epoch
+        rows = [
+            (box, epoch, e.seq, e.id, e.type, e.at, _encode_body(e.body), e.redemption_id, now)
+            for e in batch.events
+        ]
+        insert = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+        # All new (a first delivery): one statement for the batch. A resend (some already
+        # stored) is undone and stored event by event, to tell the new ones from the others.
+        c.execute("SAVEPOINT batch_rows")
+        fresh = c.executemany(insert, rows).rowcount == len(rows)
+        if not fresh:
+            c.execute("ROLLBACK TO batch_rows")
+        c.execute("RELEASE batch_rows")
+        for e, row in zip(batch.events, rows, strict=True):
+            if not fresh and c.execute(insert, row).rowcount == 0:
                 res.duplicates += 1
                 self._check_duplicate(batch, e.seq, e.id)
                 continue
             res.new += 1
-            rid = self._track_redemption(batch.box, site, e.type, e.id, e.at, e.body)
+            rid = self._track_redemption(
+                batch.box, site, e.type, e.id, e.at, e.body, e.redemption_id
+            )
             if rid:
                 redemptions.append(rid)
         res.acked_through = self._advance(batch, now)
@@ -180,8 +224,7 @@ class HubStore:
             (batch.box, site, now),
         )
         # After the whole batch, so a pending redemption voided in the same batch is no conflict.
-        for rid in redemptions:
-            res.conflicts += self._detect(rid, now)
+        res.conflicts = self._detect(redemptions, now)
         return res
 
     def _check_duplicate(self, batch: Batch, seq: int, eid: str) -> None:
@@ -239,30 +282,43 @@ class HubStore:
         return acked
 
     def _track_redemption(
-        self, box: str, site: str, etype: str, eid: str, at: float, body: dict[str, Any]
+        self,
+        box: str,
+        site: str,
+        etype: str,
+        eid: str,
+        at: float,
+        body: dict[str, Any],
+        event_rid: str | None = None,
     ) -> str | None:
-        """Keep what conflict detection needs; return the id of a new redemption to check."""
+        """Keep what conflict detection and the used delta need; return the id of a new
+        redemption to check."""
         c = self.conn
         if etype == "redemption" and isinstance(body.get("id"), str):
             entries = body.get("entries", 1)
+            # A redemption confirmed already says how many passed; a pending one keeps what a
+            # confirmation stored before it said (a resend may bring them in either order).
+            passed = body.get("passed") if body.get("state") == "confirmed" else None
             c.execute(
                 "INSERT INTO redemptions (id, box, site, canonical_id, list_id, direction, "
-                "single_use, forced, event_id, at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "single_use, forced, event_id, at, passed) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO UPDATE SET box = excluded.box, site = excluded.site, "
                 "canonical_id = excluded.canonical_id, list_id = excluded.list_id, "
                 "direction = excluded.direction, single_use = excluded.single_use, "
-                "forced = excluded.forced, event_id = excluded.event_id, at = excluded.at",
+                "forced = excluded.forced, event_id = excluded.event_id, at = excluded.at, "
+                "passed = coalesce(excluded.passed, passed)",
                 (
                     body["id"],
                     box,
                     site,
-                    body.get("canonical_id"),
-                    body.get("list_id", body.get("list")),
-                    body.get("direction", "entry"),
+                    _text(body.get("canonical_id")),
+                    _text(body.get("list_id", body.get("list"))),
+                    _text(body.get("direction", "entry")),
                     int(entries == 1),
                     int(bool(body.get("forced"))),
                     eid,
                     at,
+                    None if passed is None else passed_count(passed),
                 ),
             )
             voided = body.get("state") == "voided"
@@ -277,7 +333,29 @@ class HubStore:
                 (body["redemption_id"], box),
             )
             self._void(body["redemption_id"], box, at)
+        if etype == "redemption_confirmed":
+            rid = event_rid if event_rid is not None else body.get("redemption_id")
+            if isinstance(rid, str):
+                self._confirm(rid, box, site, body)
         return None
+
+    def _confirm(self, rid: str, box: str, site: str, body: dict[str, Any]) -> None:
+        """Store how many passed on the redemption's row (made here when the confirmation
+        overtook its redemption on a resend: the redemption fills in the rest)."""
+        if "passed" in body:
+            passed = passed_count(body["passed"])
+        else:  # an older box: everyone the redemption was for
+            row = self.conn.execute(
+                "SELECT e.body FROM redemptions r JOIN events e ON e.id = r.event_id "
+                "WHERE r.id = ?",
+                (rid,),
+            ).fetchone()
+            passed = passed_count(json.loads(row[0]).get("persons", 1) if row else 1)
+        self.conn.execute(
+            "INSERT INTO redemptions (id, box, site, passed) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET passed = excluded.passed",
+            (rid, box, site, passed),
+        )
 
     def _void(self, rid: str, box: str, at: float) -> None:
         self.conn.execute("UPDATE redemptions SET voided = 1 WHERE id = ?", (rid,))
@@ -287,25 +365,25 @@ class HubStore:
             (at, f"redemption {rid} voided on {box}", rid, rid),
         )
 
-    def _detect(self, rid: str, now: float) -> list[Conflict]:
-        c = self.conn
-        me = c.execute(
-            "SELECT box, site, canonical_id, list_id, event_id, at FROM redemptions WHERE id = ? "
-            "AND voided = 0 AND forced = 0 AND single_use = 1 AND direction = 'entry' "
-            "AND canonical_id IS NOT NULL",
-            (rid,),
-        ).fetchone()
-        if me is None:
+    def _detect(self, rids: list[str], now: float) -> list[Conflict]:
+        """Conflicts of the batch's new redemptions `rids` (one query for the whole batch)."""
+        if not rids:
             return []
-        box, site, cid, lst, eid, at = me
-        others = c.execute(
-            "SELECT id, box, event_id, at FROM redemptions WHERE site = ? AND canonical_id = ? "
-            "AND list_id IS ? AND box != ? AND voided = 0 AND forced = 0 AND single_use = 1 "
-            "AND direction = 'entry' ORDER BY at",
-            (site, cid, lst, box),
+        c = self.conn
+        rows = c.execute(
+            "WITH mine (ord, id) AS (SELECT key, value FROM json_each(?)) "
+            "SELECT me.id, me.box, me.site, me.canonical_id, me.list_id, me.event_id, me.at, "
+            "o.id, o.box, o.event_id, o.at FROM mine JOIN redemptions me ON me.id = mine.id "
+            "JOIN redemptions o ON o.site = me.site AND o.canonical_id = me.canonical_id "
+            "AND o.list_id IS me.list_id AND o.box != me.box AND o.voided = 0 "
+            "AND o.forced = 0 AND o.single_use = 1 AND o.direction = 'entry' "
+            "WHERE me.voided = 0 AND me.forced = 0 AND me.single_use = 1 "
+            "AND me.direction = 'entry' AND me.canonical_id IS NOT NULL "
+            "ORDER BY mine.ord, o.at",
+            (json.dumps(rids),),
         ).fetchall()
         out = []
-        for orid, obox, oeid, oat in others:
+        for rid, box, site, cid, lst, eid, at, orid, obox, oeid, oat in rows:
             mine = {"box": box, "event_id": eid, "redemption_id": rid, "at": at}
             theirs = {"box": obox, "event_id": oeid, "redemption_id": orid, "at": oat}
             a, b = sorted((mine, theirs), key=lambda s: str(s["event_id"]))
@@ -463,3 +541,11 @@ __all__ = [
     "registry_stamp",
     "reload_pending",
 ]
+
+
+def _text(value: Any) -> str | None:
+    """A field the hub indexes, as text: a box's odd value (a number, an object) is kept as
+    its JSON, never a bind error that would refuse the batch at every resend."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))[:200]

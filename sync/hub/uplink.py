@@ -26,7 +26,7 @@ from sync.hub.enroll import Signer, record_issued
 from sync.hub.issuer import Hub
 from sync.hub.registry import load_revoked
 from sync.hub.signing import sign_message
-from sync.hub.store import HubStore
+from sync.hub.store import BatchResult, HubStore
 from sync.pki import CsrRefused, cert_info
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 DAY = 86400
 CONFLICT_TTL_S = 7 * DAY
 CERT_TTL_S = 7 * DAY
+
+
+def is_events(topic: str) -> bool:
+    """gw/ID/up/events: a batch, which the worker may store in a group with others."""
+    return topic.split("/", 2)[2:] == ["up/events"]
 
 
 class HubUplink:
@@ -58,57 +63,117 @@ class HubUplink:
     def _refuse(self, box: str, reason: str, detail: str) -> None:
         self._count(f"refused_{reason}")
         log.warning("hub: refused a message from %s: %s (%s)", box, reason, detail)
-        with transaction(self._db().conn):
-            self._db().refuse(box, reason, detail, time.time())
+        store = self._db()
+        if store.conn.in_transaction:  # a group of batches (_on_event_messages): part of it
+            store.refuse(box, reason, detail, time.time())
+            return
+        with transaction(store.conn):
+            store.refuse(box, reason, detail, time.time())
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _sender(self, topic: str, payload: bytes) -> tuple[str, str, str] | None:
+        """(box, site, what) of a message to act on; None when it was refused or is nothing."""
         try:
             box = protocol.box_of(topic)
         except protocol.ProtocolError as err:
             self._refuse("?", err.reason, err.detail)
-            return
+            return None
         what = topic.split("/", 2)[2]
         if what == "up/status" and not payload:
-            return  # a retained status being cleared
+            return None  # a retained status being cleared
         site = self._site_of(box)
         if site is None and box in self._revoked:
             why = self._revoked[box].get("reason", "")
             self._refuse(box, "revoked", f"{box} was revoked ({why}); {what} ignored")
         elif site is None:
             self._refuse(box, "unknown_box", f"{box} is not in the registry ({what})")
-        elif what == "up/events":
-            self._on_events(box, site, payload)
-        elif what == "up/status":
+        else:
+            return box, site, what
+        return None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if is_events(topic):
+            self._on_event_messages([payload], [topic])
+            return
+        sender = self._sender(topic, payload)
+        if sender is None:
+            return
+        box, site, what = sender
+        if what == "up/status":
             self._on_status(box, site, payload)
         elif what == "up/csr":
             self._on_csr(box, payload)
         else:
             self._refuse(box, "unknown_topic", topic[:120])
 
-    def _on_events(self, box: str, site: str, payload: bytes) -> None:
+    def _on_event_messages(self, payloads: list[bytes], topics: list[str]) -> None:
+        """Store several up/events messages in one transaction (one fsync for the group, not
+        one per batch), each in its own savepoint so a batch that fails to store rolls back
+        alone; then, committed, ack each stream's high-water mark. An ack means stored: none
+        is published before the commit, and a failed batch is not acked (the box resends it)."""
+        store = self._db()
+        stored: list[tuple[protocol.Batch, BatchResult]] = []
+        with transaction(store.conn):
+            for topic, payload in zip(topics, payloads, strict=True):
+                store.conn.execute("SAVEPOINT message")
+                try:
+                    got = self._store_events(topic, payload)
+                except Exception:
+                    store.conn.execute("ROLLBACK TO message")
+                    self._count("batches_failed")
+                    log.exception("hub: storing a batch on %s failed; not acked", topic)
+                    got = None
+                store.conn.execute("RELEASE message")
+                if got is not None:
+                    stored.append(got)
+        self._count("event_groups")
+        acks: dict[tuple[str, str], int] = {}
+        for batch, res in stored:
+            self._stored(batch, res)
+            key = (batch.box, batch.epoch)
+            acks[key] = max(acks.get(key, 0), res.acked_through)
+        if self.connected.is_set():
+            for (box, epoch), acked_through in acks.items():
+                ack = protocol.encode_ack(epoch, acked_through, time.time())
+                self._client.publish(protocol.down_ack(box), ack, qos=1)
+        for batch, _ in stored:
+            renewed = [e for e in batch.events if e.type == "cert_renewed"]
+            if renewed:
+                self._superseded(batch.box, renewed[-1].body)
+
+    def _store_events(
+        self, topic: str, payload: bytes
+    ) -> tuple[protocol.Batch, BatchResult] | None:
+        """Store one batch (inside the group's transaction); None when it was refused."""
+        sender = self._sender(topic, payload)
+        if sender is None:
+            return None
+        box, site, _ = sender
         try:
             batch = protocol.parse_batch(payload, box)
         except protocol.ProtocolError as err:
             self._refuse(box, err.reason, err.detail)
-            return
+            return None
         if batch.site != site:
             self._refuse(box, "wrong_site", f"batch names {batch.site!r}; registered to {site!r}")
-            return
+            return None
         now = time.time()
         store = self._db()
-        with transaction(store.conn):
-            res = store.store_batch(batch, site, now)
-            for conflict in res.conflicts:
-                for side in conflict.sides:
-                    target = str(side["box"])
-                    if target in self._revoked:
-                        continue  # a revoked box gets nothing more
-                    msg_id = f"conflict-{conflict.id[:24]}-{target}"
-                    payload_down = sign_message(
-                        self.hub, "conflict", conflict.body(), CONFLICT_TTL_S, msg_id, now
-                    )
-                    store.queue_down(msg_id, target, "conflict", payload_down, now, CONFLICT_TTL_S)
-        self._used.note(site, batch.events)
+        res = store.store_batch(batch, site, now)
+        for conflict in res.conflicts:
+            for side in conflict.sides:
+                target = str(side["box"])
+                if target in self._revoked:
+                    continue  # a revoked box gets nothing more
+                msg_id = f"conflict-{conflict.id[:24]}-{target}"
+                payload_down = sign_message(
+                    self.hub, "conflict", conflict.body(), CONFLICT_TTL_S, msg_id, now
+                )
+                store.queue_down(msg_id, target, "conflict", payload_down, now, CONFLICT_TTL_S)
+        return batch, res
+
+    def _stored(self, batch: protocol.Batch, res: BatchResult) -> None:
+        """What follows a committed batch: counters, the log, the site's used delta."""
+        self._used.note(batch.site, batch.events)  # the registered site: checked
         self._count("batches")
         self._count("events_new", res.new)
         self._count("events_duplicate", res.duplicates)
@@ -116,21 +181,15 @@ class HubUplink:
         first, last = batch.events[0].seq, batch.events[-1].seq
         log.info(
             "batch box=%s epoch=%s seq=%d-%d new=%d dup=%d acked_through=%d",
-            *(box, batch.epoch, first, last, res.new, res.duplicates, res.acked_through),
+            *(batch.box, batch.epoch, first, last, res.new, res.duplicates, res.acked_through),
         )
         for c in res.conflicts:
             boxes = " and ".join(str(side["box"]) for side in c.sides)
             log.warning(
                 "conflict %s: %s (%s) used on %s", c.id[:12], c.canonical_id, c.list_id, boxes
             )
-        if self.connected.is_set():
-            ack = protocol.encode_ack(batch.epoch, res.acked_through, time.time())
-            self._client.publish(protocol.down_ack(box), ack, qos=1)
         if res.conflicts:
             self._next_tick = 0.0
-        renewed = [e for e in batch.events if e.type == "cert_renewed"]
-        if renewed:
-            self._superseded(box, renewed[-1].body)
 
     def _superseded(self, box: str, body: dict[str, Any]) -> None:
         """A box works with its renewed certificate: revoke its older ones (idempotent). The
