@@ -1,10 +1,12 @@
 """The daemon's cloud link (composition root: it wires sync/ into the box).
 
-Outbox events go up through sync.link.Link (its own threads and SQLite connection); signed
+Outbox events go up through sync.link.Link, run in its own process (sync/link_proc.py, driven
+by sync/link_client.py's LinkClient: its Python work must not hold the lanes' GIL); signed
 downlink messages, already stored in the inbox by the link before their PUBACK, are handled here
 on the loop: a print job goes to the spool under the message's id (printed once), a door command
 to the locker bank (audited, actor "cloud"), a conflict report to the bus and the outbox. Each is
-marked handled in the inbox; what is left unhandled by a crash is handled at the next start.
+marked handled in the inbox; what is left unhandled by a crash is handled at the next start (and
+what the link process stored but did not hand over before dying, when it is restarted).
 
 Certificate renewal (sync/provision.py Renewal): a loop checks the live certificate at start and
 then every minute (more often for a short-lived one); at two thirds of its life it makes a new
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +30,8 @@ from edge.cloud_config import on_config, on_reload_command
 from edge.config import SyncConfig
 from edge.store import transaction
 from sync.certs import cert_info, renew_due
-from sync.link import Link
-from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
+from sync.link_client import LinkClient
+from sync.link_store import inbox_done, inbox_unhandled
 from sync.protocol import Down, ProtocolError, load
 from sync.provision import ProvisionError, Renewal, alert_due
 
@@ -48,7 +51,7 @@ class CloudLink:
 
     def __init__(self, cfg: SyncConfig) -> None:
         self.cfg = cfg
-        self.link: Link | None = None
+        self.link: LinkClient | None = None
         self.box: Box | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.renewal: Renewal | None = None
@@ -59,6 +62,7 @@ class CloudLink:
         self._bundles: BundleReceiver | None = None  # made at the first bundle_chunk
         self._caught_up: asyncio.Event | None = None  # set by the hub's `caught_up`
         self._waited = False  # the wait before READY happens once per process, not per reload
+        self._handling: set[str] = set()  # downlink ids handed over and not yet marked done
 
     async def start(self, box: Box) -> None:
         self.box, self._loop = box, asyncio.get_running_loop()
@@ -66,9 +70,12 @@ class CloudLink:
         config = box.config
         self.renewal = Renewal(self.cfg.cert, self.cfg.key, config.state_dir, config.device)
         await asyncio.to_thread(self.renewal.recover)
-        store = LedgerLinkStore(config.state_dir / "ledger.db", box=config.device, site=config.site)
-        self.link = Link(
-            store,
+        # The link runs in its own process (sync/link_proc.py): its Python work must not hold
+        # the GIL the lanes need during a drain.
+        self.link = LinkClient(
+            config.state_dir / "ledger.db",
+            box=config.device,
+            site=config.site,
             host=self.cfg.host,
             port=self.cfg.port,
             ca=self.cfg.ca,
@@ -77,21 +84,35 @@ class CloudLink:
             anchor=box.svc.anchor,
             on_down=self._from_link,
             on_refused=self._refused_from_link,
+            on_restart=self._restarted,
             status_extra=lambda: {"cache_seq": box.stats.get("cache_seq")},
         )
         self.link.start()
         box.cloud_status = self.status
-        for row in await box.db.call(inbox_unhandled, box.svc.ledger.conn):
+        await self._unhandled(at_start=True)
+        await self._first_catch_up(box)
+
+    async def _unhandled(self, at_start: bool) -> None:
+        """Handle what the inbox holds unhandled: at start, what a crash left; after the link
+        process restarted, what it stored but did not hand over before dying."""
+        box = self.box
+        assert box is not None and box.svc is not None
+        conn = box.svc.ledger.conn
+        for row in await box.db.call(inbox_unhandled, conn):
+            if row.id in self._handling:  # handed over by the link: being handled
+                continue
+            if not at_start and not await box.db.call(_unhandled_row, conn, row.id):
+                continue  # handled meanwhile (the list was read before)
             try:
                 down = _stored(row.payload, row.id)
             except ProtocolError as err:
                 await self._done(row.id, f"refused: {err}")
                 continue
-            if down.type == "certificate":
+            if down.type == "certificate" and at_start:
                 self._deferred.append(down)  # a swap waits for a connection: not at start
                 continue
+            self._handling.add(down.id)
             await self.handle(down)
-        await self._first_catch_up(box)
 
     async def _first_catch_up(self, box: Box) -> None:
         """A new or replacement box (never caught up) waits, before READY, for the site's
@@ -170,7 +191,12 @@ class CloudLink:
 
     def _from_link(self, down: Down) -> None:
         if self._loop is not None and not self._loop.is_closed():
+            self._handling.add(down.id)
             asyncio.run_coroutine_threadsafe(self.handle(down), self._loop)
+
+    def _restarted(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._unhandled(at_start=False), self._loop)
 
     def _refused_from_link(self, reason: str, detail: str) -> None:
         box = self.box
@@ -278,7 +304,10 @@ class CloudLink:
         except Exception as err:  # a bad job or command is reported, never fatal
             log.warning("downlink %s %s failed: %s", down.type, down.id, err)
             result = f"failed: {err}"
-        await self._done(down.id, result)
+        try:
+            await self._done(down.id, result)
+        finally:
+            self._handling.discard(down.id)
         box.bus.publish("cloud", id=down.id, type=down.type, result=result)
         return result
 
@@ -348,6 +377,11 @@ class CloudLink:
                 inbox_done(conn, msg_id, result, time.time())
 
         await box.db.call(mark)
+
+
+def _unhandled_row(conn: sqlite3.Connection, msg_id: str) -> bool:
+    row = conn.execute("SELECT handled_at FROM inbox WHERE id = ?", (msg_id,)).fetchone()
+    return row is not None and row[0] is None
 
 
 def _stored(payload: bytes, msg_id: str) -> Down:

@@ -133,6 +133,7 @@ class Link(LinkUplink, LinkDownlink):
         self._offset = 0.0
         self._status_mid: int | None = None
         self._last_poll = 0.0
+        self._dropped, self._dropped_at = 0, 0.0
         self._chain = (cert, key)  # what goes back into the context if a rotation fails
         self._rotation: tuple[Future[bool], float] | None = None  # (result, deadline)
         self._ctx = tls_client_context(ca, cert, key)
@@ -176,8 +177,13 @@ class Link(LinkUplink, LinkDownlink):
 
     def _on_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
         # paho 2.2 logs a clean disconnect as an ERROR ("Client is not connected"): not one.
+        # The same text while the link is down (a publish or ack meanwhile) is a symptom of
+        # the outage, already said once: a warning.
         if level == mqtt.MQTT_LOG_ERR and not self._stop.is_set():
-            log.error("paho: %s", text)
+            if "not connected" in text:
+                log.warning("paho: %s", text)
+            else:
+                log.error("paho: %s", text)
         elif level == mqtt.MQTT_LOG_WARNING:
             log.warning("paho: %s", text)
         else:
@@ -299,6 +305,7 @@ class Link(LinkUplink, LinkDownlink):
                         break
                 self._safely(self._pump)
         finally:
+            self._safely(lambda: self._drop_acked(force=True))  # what was acked last
             self.store.close()
             # Whoever waits on a rotation learns it did not happen.
             if self._rotation is not None:
@@ -326,6 +333,9 @@ class Link(LinkUplink, LinkDownlink):
         nearest = min(due) - self.clock() if due and self._connected else POLL_S
         if self._rotation is not None:
             nearest = min(nearest, self._rotation[1] - time.monotonic())
+        drop = self._drop_due()
+        if drop is not None:
+            nearest = min(nearest, drop)
         return max(0.05, min(POLL_S, nearest))
 
     def _handle(self, item: tuple[Any, ...]) -> None:

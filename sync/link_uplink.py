@@ -9,6 +9,7 @@ awaiting a broker PUBACK and at most WINDOW awaiting the hub's ack, sends a batc
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from sync.protocol import MAX_IN_FLIGHT, ProtocolError
 log = logging.getLogger(__name__)
 
 WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
+DROP_EVERY_S = 0.5  # acked rows are deleted in one statement at most this often
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 
 
@@ -56,6 +58,8 @@ class LinkUplink:
     _by_mid: dict[int, int]
     _status_mid: int | None
     _last_poll: float
+    _dropped: int  # acked rows deleted from the outbox through this seq
+    _dropped_at: float  # monotonic
 
     if TYPE_CHECKING:
 
@@ -102,22 +106,39 @@ class LinkUplink:
             self.store.clock(self._offset)
             self._set(clock_offset_s=self._offset)
         if ack.acked_through > self._acked:
-            n = self.store.acked(epoch, ack.acked_through)
             self._acked = ack.acked_through
             for first in [k for k, f in self._flights.items() if f.last <= self._acked]:
                 f = self._flights.pop(first)
                 if f.mid is not None:
                     self._by_mid.pop(f.mid, None)
             self._reader.skip_through(self._acked)
-            log.debug("hub acked through %d (%d rows dropped)", self._acked, n)
-        self._set(
-            acked_through=self._acked,
-            last_ack_at=now,
-            outbox=self.store.depth(),
-        )
+            log.debug("hub acked through %d", self._acked)
+        self._set(acked_through=self._acked, last_ack_at=now)
+
+    def _drop_acked(self, *, force: bool = False) -> None:
+        """Delete the acked rows, at most every DROP_EVERY_S: each delete is a write (and a
+        sync to disk) on the ledger the lanes commit redemptions to, and a lane that finds its
+        write lock taken sleeps in SQLite's busy handler. A crash before the delete only means
+        those rows go up again, and the hub drops them by id."""
+        if self._dropped >= self._acked:
+            return
+        now = time.monotonic()
+        if not force and now - self._dropped_at < DROP_EVERY_S:
+            return
+        n = self.store.acked(self.store.epoch, self._acked)
+        self._dropped, self._dropped_at = self._acked, now
+        log.debug("dropped %d acked rows through %d", n, self._acked)
+        self._set(outbox=self.store.depth())
+
+    def _drop_due(self) -> float | None:
+        """Seconds until acked rows are due to be deleted (None: none waiting)."""
+        if self._dropped >= self._acked:
+            return None
+        return self._dropped_at + DROP_EVERY_S - time.monotonic()
 
     def _pump(self) -> None:
         self._rotation_check(connected=False)
+        self._drop_acked()
         now = self.clock()
         if now - self._last_poll >= POLL_S:
             self._last_poll = now

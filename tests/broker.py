@@ -189,7 +189,9 @@ class Broker:
             lines.append("persistence false")
         lines += ["log_dest stderr", "connection_messages true"]
         # "all" includes every PUBLISH (and "Denied PUBLISH"); a bench turns it down.
-        lines += ["log_type all"] if verbose else ["log_type error", "log_type warning"]
+        # Not verbose still logs information: start() waits for its " running" line.
+        quiet = ["log_type error", "log_type warning", "log_type information"]
+        lines += ["log_type all"] if verbose else quiet
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to user `mosquitto` before reading the 0600 key.
             lines.append("user root")
