@@ -243,3 +243,10 @@ def test_expiry_without_renewal_raises_an_alert(
             )
             # The renewal CSR went up and was refused: this hub signs nothing.
             d.wait(lambda: hub.stats().get("refused_no_ca", 0) >= 1, what="the CSR refused")
+
+
+def test_a_claim_token_never_starts_with_a_dash(tmp_path: Path) -> None:
+    """`edge provision --claim -Xy...` would read the token as an option (a CI run met one)."""
+    tokens = [make_claim(tmp_path, f"box-{i}", SITE) for i in range(300)]
+    assert len(set(tokens)) == 300
+    assert not [t for t in tokens if t.startswith("-")]

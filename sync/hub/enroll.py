@@ -138,6 +138,8 @@ def make_claim(hub_dir: Path, box: str, site: str, ttl_s: float = DAY) -> str:
             f"box {box!r} was revoked: give its replacement a new box id / 该设备已吊销"
         )
     token = secrets.token_urlsafe(24)
+    while token.startswith("-"):  # `edge provision --claim -x...` would read it as an option
+        token = secrets.token_urlsafe(24)
     now = time.time()
     conn = open_db(hub_dir / ENROLL_DB, ENROLL_SCHEMA, create=True)
     try:
