@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -239,6 +240,8 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
             run.hub.stop()
         if hw is not None:
             hw.close()
+        if hub_db_path(work).parent != work:  # the hub's database in /dev/shm
+            shutil.rmtree(hub_db_path(work).parent, ignore_errors=True)
     idle_p99, drain_p99 = percentile(idle.ms, 99), percentile(during, 99)
     f.add("scan_to_gate_idle_p50_ms", percentile(idle.ms, 50), "ms")
     f.add("scan_to_gate_idle_p99_ms", idle_p99, "ms")
