@@ -30,6 +30,7 @@ from edge.errors import BundleRefused
 
 if TYPE_CHECKING:
     from edge.box import Box
+    from edge.service import RedemptionService
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def _int(body: dict[str, Any], key: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BundleRefused("invalid_content", f"chunk {key}: an integer in {low}..{high}")
     return value
+
+
+def active_seq(svc: RedemptionService) -> int:
+    """The active cache's sequence (0: none). On the database thread: the view's connection
+    lives there."""
+    return svc.view.state.seq if svc.view.refresh() and svc.view.state else 0
 
 
 class BundleInbox:
@@ -218,15 +225,11 @@ class BundleReceiver:
         """A delta on a base newer than the active cache: an earlier bundle is still coming."""
         svc = box.svc
         assert svc is not None
-
-        def active_seq() -> int:  # on the db thread: the view's connection lives there
-            return svc.view.state.seq if svc.view.refresh() and svc.view.state else 0
-
         try:
             base = await asyncio.to_thread(_base_seq, path)
         except (BundleRefused, OSError):
             return False
-        return base is not None and base > await box.db.call(active_seq)
+        return base is not None and base > await box.db.call(active_seq, svc)
 
     async def _import_parked(self, box: Box) -> None:
         """Deltas that waited for the bundle just imported (or a later one)."""

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-from edge.bundle_inbox import BundleReceiver
+from edge.bundle_inbox import BundleReceiver, active_seq
 from edge.cloud_config import on_config, on_reload_command
 from edge.config import SyncConfig
 from edge.store import transaction
@@ -147,12 +147,8 @@ class CloudLink:
         svc = box.svc
         assert svc is not None
         ledger = svc.ledger
-
-        def active_seq() -> int:  # on the db thread: the view's connection lives there
-            return svc.view.state.seq if svc.view.refresh() and svc.view.state else 0
-
         deadline = time.monotonic() + CAUGHT_UP_WAIT_S
-        while (seq := await box.db.call(active_seq)) < target:
+        while (seq := await box.db.call(active_seq, svc)) < target:
             if time.monotonic() > deadline:
                 return f"incomplete: cache at seq {seq}, the site is at {target}"
             await asyncio.sleep(0.25)

@@ -205,6 +205,14 @@ def _occupancy_share(
 WAL_CAP_PAGES = 16384
 
 
+def outbox_depth(conn: sqlite3.Connection) -> int:
+    """Rows in the outbox. They leave only as a prefix (the cloud's contiguous ack) and a
+    rolled-back insert gives its seq back, so the span is the count: no scan of a large
+    backlog on the thread the lanes' redemptions wait for."""
+    row = conn.execute("SELECT max(seq) - min(seq) + 1 FROM outbox").fetchone()
+    return int(row[0] or 0)
+
+
 @dataclass(frozen=True)
 class Redemption:
     id: bytes
@@ -340,11 +348,7 @@ class Ledger:
         return [r for (rid,) in ids if (r := self.get(bytes(rid))) is not None]
 
     def outbox_depth(self) -> int:
-        # Rows leave only as a prefix (the cloud's contiguous ack) and a rolled-back insert
-        # gives its seq back, so the span is the count: no scan of a large backlog on the
-        # thread the lanes' redemptions wait for.
-        row = self.conn.execute("SELECT max(seq) - min(seq) + 1 FROM outbox").fetchone()
-        return int(row[0] or 0)
+        return outbox_depth(self.conn)
 
     def outbox(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
         rows = self.conn.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))

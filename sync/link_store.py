@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from edge.errors import StoreError
-from edge.ledger import LEDGER_SCHEMA
+from edge.ledger import LEDGER_SCHEMA, outbox_depth
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches
 
@@ -153,10 +153,7 @@ class LedgerLinkStore:
         return dropped
 
     def depth(self) -> int:
-        # Rows leave only as a prefix (the hub's contiguous ack), and a rolled-back insert
-        # gives its seq back: the span is the count, without scanning a large backlog.
-        row = self._db().execute("SELECT max(seq) - min(seq) + 1 FROM outbox").fetchone()
-        return int(row[0] or 0)
+        return outbox_depth(self._db())
 
     def clock(self, offset_s: float) -> None:
         # Every ack carries hub time; writing (and fsyncing) each one would cost the redeem

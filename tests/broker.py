@@ -38,6 +38,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from sync.hub.issuer import Hub
+from sync.hub.serve import HubServer
 from sync.pki import Ca, cert_info, tls_client_context, write_atomic
 
 HUB_CN = "hub"
@@ -295,6 +297,24 @@ class Broker:
 
 def start_broker(pki: Pki, directory: Path, **kw: Any) -> Broker:
     return Broker(pki, directory, **kw).start()
+
+
+def make_hub(
+    issuer: Hub, broker: Broker, db: Path, registry: dict[str, str], **kw: Any
+) -> HubServer:
+    """The reference hub on this broker with the test PKI's hub certificate (not started)."""
+    pki = broker.pki
+    return HubServer(
+        issuer,
+        host=broker.host,
+        port=broker.port,
+        ca=pki.ca_file,
+        cert=pki.hub.cert,
+        key=pki.hub.key,
+        db_path=db,
+        registry=registry,
+        **kw,
+    )
 
 
 @pytest.fixture(name="pki")

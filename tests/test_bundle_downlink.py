@@ -18,7 +18,7 @@ from edge.errors import BundleRefused
 from sync.hub.bundles import bundle_id_of, chunk_messages
 from sync.hub.issuer import BundleContent
 from sync.hub.serve import HubServer
-from tests.broker import Broker, Pki, broker_fixture, pki_fixture  # noqa: F401
+from tests.broker import Broker, Pki, broker_fixture, make_hub, pki_fixture  # noqa: F401
 from tests.daemon_kit import SITE, Running, Site, make_site, running
 
 BOX_A, BOX_B = "box-e2e", "box-e2e-b"
@@ -109,16 +109,7 @@ def _link(site: Site, pki: Pki, broker: Broker, device: str) -> None:
 
 @contextmanager
 def _hub(site: Site, pki: Pki, broker: Broker, boxes: dict[str, str]) -> Iterator[HubServer]:
-    hub = HubServer(
-        site.hub,
-        host="127.0.0.1",
-        port=broker.port,
-        ca=pki.ca_file,
-        cert=pki.hub.cert,
-        key=pki.hub.key,
-        db_path=site.root / "hub.db",
-        registry=boxes,
-    )
+    hub = make_hub(site.hub, broker, site.root / "hub.db", boxes)
     with hub:
         hub.wait_ready()
         yield hub

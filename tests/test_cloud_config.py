@@ -22,7 +22,7 @@ from edge.cloud_config import ConfigRefused, restore, store
 from edge.config import MANAGED_FILE, MANAGED_PREV, load
 from sync.hub.serve import HubServer
 from sync.hub.store import HubStore
-from tests.broker import Broker, Pki, broker_fixture, pki_fixture  # noqa: F401
+from tests.broker import Broker, Pki, broker_fixture, make_hub, pki_fixture  # noqa: F401
 from tests.daemon_kit import SITE, Running, Site, make_site, running, scanner
 
 BOX = "box-e2e"
@@ -41,16 +41,7 @@ def link(site: Site, pki: Pki, broker: Broker) -> None:
 
 
 def hub_server(site: Site, pki: Pki, broker: Broker) -> HubServer:
-    return HubServer(
-        site.hub,
-        host="127.0.0.1",
-        port=broker.port,
-        ca=pki.ca_file,
-        cert=pki.hub.cert,
-        key=pki.hub.key,
-        db_path=site.root / "hub.db",
-        registry={BOX: SITE},
-    )
+    return make_hub(site.hub, broker, site.root / "hub.db", {BOX: SITE})
 
 
 def hub_events(site: Site, etype: str) -> list[dict[str, Any]]:

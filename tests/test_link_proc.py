@@ -25,7 +25,7 @@ from sync.hub.serve import HubServer
 from sync.hub.store import HubStore
 from sync.link_client import LinkClient
 from sync.protocol import Down
-from tests.broker import Broker, Pki, Probes, broker_fixture, pki_fixture, probes_fixture  # noqa: F401
+from tests.broker import Broker, Pki, Probes, broker_fixture, make_hub, pki_fixture, probes_fixture  # noqa: F401
 
 BOX = "box-proc"
 SITE = "site-proc"
@@ -93,16 +93,7 @@ class Rig:
 def rig_fixture(tmp_path: Path, pki: Pki, broker: Broker) -> Iterator[tuple[Rig, HubServer]]:
     issuer = Hub.init(tmp_path / "issuer", keys=1)
     rig = Rig(tmp_path, pki, broker, issuer)
-    hub = HubServer(
-        issuer,
-        host=broker.host,
-        port=broker.port,
-        ca=pki.ca_file,
-        cert=pki.hub.cert,
-        key=pki.hub.key,
-        db_path=tmp_path / "hub.db",
-        registry={BOX: SITE},
-    )
+    hub = make_hub(issuer, broker, tmp_path / "hub.db", {BOX: SITE})
     try:
         with hub:
             hub.wait_ready()

@@ -17,7 +17,7 @@ from edge.devices import DeviceSlot
 from edge.outbox_watch import Coalescer
 from sync.hub.serve import HubServer
 from sync.hub.store import HubStore
-from tests.broker import Broker, Pki, broker_fixture, pki_fixture  # noqa: F401
+from tests.broker import Broker, Pki, broker_fixture, make_hub, pki_fixture  # noqa: F401
 from tests.daemon_kit import SITE, Running, Site, make_site, running
 
 BOX = "box-e2e"
@@ -193,16 +193,7 @@ def test_the_alarm_clears_when_the_hub_drains_the_backlog_and_nothing_is_lost(
     )
 
     def hub() -> HubServer:
-        return HubServer(
-            site.hub,
-            host="127.0.0.1",
-            port=broker.port,
-            ca=pki.ca_file,
-            cert=pki.hub.cert,
-            key=pki.hub.key,
-            db_path=tmp_path / "hub.db",
-            registry={BOX: SITE},
-        )
+        return make_hub(site.hub, broker, tmp_path / "hub.db", {BOX: SITE})
 
     with hub() as down:  # the hub's persistent session holds what the box sends meanwhile
         down.wait_ready()

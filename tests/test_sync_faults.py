@@ -33,7 +33,7 @@ from sync.hub.serve import HubServer
 from sync.hub.store import HUB_SCHEMA
 from sync.link import LedgerLinkStore, Link
 from sync.protocol import Down
-from tests.broker import Broker, Pki, pki_fixture  # noqa: F401
+from tests.broker import Broker, Pki, make_hub, pki_fixture  # noqa: F401
 from tests.daemon_kit import SITE as KIT_SITE
 from tests.daemon_kit import Running, make_site, running
 from tests.faultproxy import FaultProxy
@@ -213,17 +213,7 @@ def rig(tmp_path: Path, pki: Pki) -> Iterator[Rig]:
     server = proxy = None
     links: list[Link] = []
     try:
-        server = HubServer(
-            issuer,
-            host=broker.host,
-            port=broker.port,
-            ca=pki.ca_file,
-            cert=pki.hub.cert,
-            key=pki.hub.key,
-            db_path=tmp_path / "hub.db",
-            registry={BOX: SITE},
-            keepalive=5,
-        )
+        server = make_hub(issuer, broker, tmp_path / "hub.db", {BOX: SITE}, keepalive=5)
         server.start().wait_ready()
         proxy = FaultProxy(broker.host, broker.port).start()
         r = Rig(tmp_path, pki, broker, issuer, server, proxy, ledger.path, epoch, links=links)
@@ -391,16 +381,7 @@ def test_print_job_sent_while_box_offline_prints_once_after_reconnect(
     site = make_site(tmp_path)
     broker = Broker(pki, tmp_path / "broker").start()
     certs = pki.box(DAEMON_BOX)
-    hub = HubServer(
-        site.hub,
-        host=broker.host,
-        port=broker.port,
-        ca=pki.ca_file,
-        cert=pki.hub.cert,
-        key=pki.hub.key,
-        db_path=tmp_path / "hub.db",
-        registry={DAEMON_BOX: KIT_SITE},
-    )
+    hub = make_hub(site.hub, broker, tmp_path / "hub.db", {DAEMON_BOX: KIT_SITE})
     proxy = FaultProxy(broker.host, broker.port)
     try:
         proxy.start()

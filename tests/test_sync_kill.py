@@ -29,7 +29,7 @@ import pytest
 from edge.ledger import Ledger
 from sync.hub.issuer import Hub
 from sync.hub.serve import HubServer
-from tests.broker import Broker, Pki, pki_fixture  # noqa: F401
+from tests.broker import Broker, Pki, make_hub, pki_fixture  # noqa: F401
 from tests.test_sync_faults import (
     BOX,
     SITE,
@@ -159,16 +159,7 @@ def hub_and_box(tmp_path: Path, pki: Pki) -> Iterator[tuple[HubServer, BoxProces
             "resend_after": 2.0,
         },
     )
-    server = HubServer(
-        issuer,
-        host=broker.host,
-        port=broker.port,
-        ca=pki.ca_file,
-        cert=pki.hub.cert,
-        key=pki.hub.key,
-        db_path=tmp_path / "hub.db",
-        registry={BOX: SITE},
-    )
+    server = make_hub(issuer, broker, tmp_path / "hub.db", {BOX: SITE})
     try:
         server.start().wait_ready()
         yield server, box, epoch
