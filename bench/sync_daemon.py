@@ -32,6 +32,7 @@ from bench.fixture import Sizes
 from bench.stats import Figures, Noise, median, percentile, progress, wait_quiet
 from bench.sync_hub import HubProc, prepare_hub_db
 from bench.sync_kit import Lab, SyncSizes, fill_outbox
+from edge.ledger import acked_through
 from sync.hub.store import register_box
 
 BOX = "bench-daemon"  # bench.daemon_site.Hardware.config's [box] device
@@ -56,11 +57,12 @@ def _cloud(api: Api) -> dict[str, Any]:
     return dict(doc.get("cloud") or {}) if status == 200 else {}
 
 
-def _oldest_seq(ledger: Path) -> int | None:
+def _acked_through(ledger: Path) -> int:
+    """The hub's ack mark as the box recorded it: the rows through it have left the outbox
+    (the link deletes them later, when the lanes are quiet)."""
     conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5.0)
     try:
-        row = conn.execute("SELECT min(seq) FROM outbox").fetchone()
-        return None if row[0] is None else int(row[0])
+        return acked_through(conn)
     finally:
         conn.close()
 
@@ -156,8 +158,7 @@ class _Run:
             start = time.monotonic()
 
             def drained() -> bool:
-                oldest = _oldest_seq(self.home / "ledger.db")
-                return oldest is None or oldest > last
+                return _acked_through(self.home / "ledger.db") >= last
 
             ok = poll_until(drained, self.sizes.drain_timeout_s, 0.05)
             end = time.monotonic()

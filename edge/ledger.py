@@ -182,6 +182,32 @@ LEDGER_SCHEMA = Schema(
         ) WITHOUT ROWID;
         CREATE INDEX inbox_unhandled ON inbox (received_at) WHERE handled_at IS NULL;
         """,
+        # 6: counter shifts (edge/shifts.py): one open shift at a time, its denies by reason
+        # (the deny itself is only an outbox event, gone once the cloud acks it), who redeemed
+        # at the kiosk, and an index for a lane's recent redemptions and a shift's window.
+        """
+        CREATE TABLE shifts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            opened_at REAL NOT NULL,
+            closed_at REAL,
+            closed_by TEXT NOT NULL DEFAULT '',
+            note TEXT NOT NULL DEFAULT '',
+            summary TEXT
+        );
+        CREATE UNIQUE INDEX shifts_one_open ON shifts ((closed_at IS NULL)) WHERE closed_at IS NULL;
+        CREATE TABLE shift_denies (
+            shift_id INTEGER NOT NULL REFERENCES shifts (id),
+            lane TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (shift_id, lane, reason)
+        ) WITHOUT ROWID;
+        CREATE TABLE counter_actors (
+            redemption_id BLOB PRIMARY KEY,
+            actor TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX redemptions_by_lane_time ON redemptions (lane, created_at);
+        """,
     ],
 )
 
@@ -205,12 +231,38 @@ def _occupancy_share(
 WAL_CAP_PAGES = 16384
 
 
+# meta: "EPOCH SEQ": the cloud holds this ledger's events through SEQ. Rows up to it have left
+# the outbox (acked); the link deletes them later, when the lanes are quiet (sync/link_uplink.py).
+ACKED_KEY = "outbox_acked"
+
+
+def acked_through(conn: sqlite3.Connection) -> int:
+    """The seq the cloud acked through, for this ledger's epoch (0: none, or another epoch's)."""
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('epoch', ?)", (ACKED_KEY,)))
+    epoch, _, seq = str(rows.get(ACKED_KEY, "")).partition(" ")
+    if not seq or epoch != rows.get("epoch"):
+        return 0
+    try:
+        return int(seq)
+    except ValueError:
+        return 0
+
+
+def unacked_span(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """(first, last) seq of the events the cloud has not acked, or None when there are none.
+    Acked rows leave as a prefix and a rolled-back insert gives its seq back, so the span is
+    the count: no scan of a large backlog on the thread the lanes' redemptions wait for."""
+    lo, hi = conn.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+    if hi is None:
+        return None
+    first = max(int(lo), acked_through(conn) + 1)
+    return None if first > int(hi) else (first, int(hi))
+
+
 def outbox_depth(conn: sqlite3.Connection) -> int:
-    """Rows in the outbox. They leave only as a prefix (the cloud's contiguous ack) and a
-    rolled-back insert gives its seq back, so the span is the count: no scan of a large
-    backlog on the thread the lanes' redemptions wait for."""
-    row = conn.execute("SELECT max(seq) - min(seq) + 1 FROM outbox").fetchone()
-    return int(row[0] or 0)
+    """Events waiting for the cloud's ack (rows acked but not yet deleted do not count)."""
+    span = unacked_span(conn)
+    return 0 if span is None else span[1] - span[0] + 1
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge.ledger import unacked_span
 from edge.store import transaction
 
 if TYPE_CHECKING:
@@ -57,14 +58,14 @@ class Backlog:
 
 
 def read_backlog(conn: sqlite3.Connection, now: float) -> Backlog:
-    """On the ledger's thread. The hub's acks delete a prefix of seqs (never a row in the
-    middle), so the rows left are the span from the lowest seq to the highest: two rowid
-    lookups instead of a count(*) over a backlog of a million rows."""
-    lo, hi = conn.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
-    if lo is None:
+    """On the ledger's thread: the events the cloud has not acked (a span of seqs: a few rowid
+    lookups instead of a count(*) over a backlog of a million rows) and the oldest one's age."""
+    span = unacked_span(conn)
+    if span is None:
         return Backlog(0, None)
+    lo, hi = span
     row = conn.execute("SELECT created_at FROM outbox WHERE seq = ?", (lo,)).fetchone()
-    return Backlog(int(hi) - int(lo) + 1, max(0.0, now - float(row[0])) if row else None)
+    return Backlog(hi - lo + 1, max(0.0, now - float(row[0])) if row else None)
 
 
 class OutboxAlarm:

@@ -133,7 +133,7 @@ class Link(LinkUplink, LinkDownlink):
         self._offset = 0.0
         self._status_mid: int | None = None
         self._last_poll = 0.0
-        self._dropped, self._dropped_at = 0, 0.0
+        self._recorded, self._recorded_at, self._swept, self._active_at = 0, 0.0, 0, 0.0
         self._chain = (cert, key)  # what goes back into the context if a rotation fails
         self._rotation: tuple[Future[bool], float] | None = None  # (result, deadline)
         self._ctx = tls_client_context(ca, cert, key)
@@ -288,6 +288,7 @@ class Link(LinkUplink, LinkDownlink):
     # -- the worker ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._safely(self._resume)
         try:
             while True:
                 try:
@@ -305,7 +306,7 @@ class Link(LinkUplink, LinkDownlink):
                         break
                 self._safely(self._pump)
         finally:
-            self._safely(lambda: self._drop_acked(force=True))  # what was acked last
+            self._safely(lambda: self._record_acked(force=True))  # what was acked last
             self.store.close()
             # Whoever waits on a rotation learns it did not happen.
             if self._rotation is not None:
@@ -317,6 +318,13 @@ class Link(LinkUplink, LinkDownlink):
                     break
                 if item[0] == "rotate":
                     item[-1].set_result(False)
+
+    def _resume(self) -> None:
+        """Go on after the ack mark an earlier run recorded (rows through it may still be in
+        the outbox, waiting for a sweep): they are not sent again."""
+        self._acked = self._recorded = self.store.acked_stored()
+        self._reader.skip_through(self._acked)
+        self._set(acked_through=self._acked, outbox=self.store.depth())
 
     def _safely(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -345,6 +353,7 @@ class Link(LinkUplink, LinkDownlink):
         elif kind == "message":
             self._message(*item[1:])
         elif kind == "notify":
+            self._active_at = time.monotonic()
             self._reader.wake()
         elif kind == "status":
             if self._connected:

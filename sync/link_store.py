@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from edge.errors import StoreError
-from edge.ledger import LEDGER_SCHEMA, outbox_depth
+from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, acked_through, outbox_depth
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches
 
@@ -49,9 +49,17 @@ class LinkStore(Protocol):
         """Outbox events with seq > after_seq, oldest first, at most `limit`."""
         ...
 
-    def acked(self, epoch: str, through: int) -> int:
-        """The hub holds every event of `epoch` up to `through`: drop them. Returns rows dropped
-        (0 when `epoch` is not this ledger's)."""
+    def acked(self, epoch: str, through: int) -> bool:
+        """The hub holds every event of `epoch` up to `through`: record it (they have left the
+        outbox). False when `epoch` is not this ledger's."""
+        ...
+
+    def acked_stored(self) -> int:
+        """What `acked` recorded for this ledger's epoch (0: nothing)."""
+        ...
+
+    def sweep(self, max_rows: int) -> int:
+        """Delete up to `max_rows` of the rows recorded as acked; returns how many."""
         ...
 
     def depth(self) -> int:
@@ -126,15 +134,33 @@ class LedgerLinkStore:
         )
         return [_event(*row) for row in rows]
 
-    def acked(self, epoch: str, through: int) -> int:
+    def acked(self, epoch: str, through: int) -> bool:
+        """One meta row, without a sync to disk (a power cut may lose it: those events go up
+        again and the hub drops them by id)."""
+        if epoch != self.epoch:
+            return False
+        conn = self._db()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (ACKED_KEY, f"{epoch} {through}")
+                )
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")  # the inbox must survive a power cut
+        return True
+
+    def acked_stored(self) -> int:
+        return acked_through(self._db())
+
+    def sweep(self, max_rows: int) -> int:
         """Delete in short transactions, without a sync to disk, pausing between them: the
         lanes commit redemptions to this file, and a lane that finds the write lock taken
         sleeps in SQLite's busy handler (1, 2, 5, 10... ms). A power cut may bring deleted rows
-        back; they go up again and the hub drops them by id."""
-        if epoch != self.epoch:
-            return 0
+        back; they are below the acked mark and are deleted again."""
         conn = self._db()
         lo = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+        through = min(acked_through(conn), (lo or 0) + max_rows - 1)
         if lo is None or lo > through:
             return 0
         dropped = 0
@@ -149,7 +175,7 @@ class LedgerLinkStore:
                 if lo <= through:
                     time.sleep(DELETE_PAUSE_S)
         finally:
-            conn.execute("PRAGMA synchronous=FULL")  # the inbox must survive a power cut
+            conn.execute("PRAGMA synchronous=FULL")
         return dropped
 
     def depth(self) -> int:

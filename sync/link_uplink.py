@@ -24,7 +24,10 @@ from sync.protocol import MAX_IN_FLIGHT, ProtocolError
 log = logging.getLogger(__name__)
 
 WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
-DROP_EVERY_S = 0.5  # acked rows are deleted in one statement at most this often
+RECORD_EVERY_S = 0.5  # the hub's ack mark is written to the ledger at most this often
+QUIET_S = 2.0  # acked rows are deleted after this long without new outbox rows
+SWEEP_LAG_ROWS = 200_000  # ... or once this many acked rows wait, quiet or not
+SWEEP_ROWS = 5000  # deleted per turn of the link's loop
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 
 
@@ -58,8 +61,10 @@ class LinkUplink:
     _by_mid: dict[int, int]
     _status_mid: int | None
     _last_poll: float
-    _dropped: int  # acked rows deleted from the outbox through this seq
-    _dropped_at: float  # monotonic
+    _recorded: int  # the ack mark stored in the ledger
+    _recorded_at: float  # monotonic
+    _swept: int  # acked rows deleted through about this seq (the sweep's progress)
+    _active_at: float  # monotonic: new outbox rows were announced or sent
 
     if TYPE_CHECKING:
 
@@ -115,30 +120,48 @@ class LinkUplink:
             log.debug("hub acked through %d", self._acked)
         self._set(acked_through=self._acked, last_ack_at=now)
 
-    def _drop_acked(self, *, force: bool = False) -> None:
-        """Delete the acked rows, at most every DROP_EVERY_S: each delete is a write (and a
-        sync to disk) on the ledger the lanes commit redemptions to, and a lane that finds its
-        write lock taken sleeps in SQLite's busy handler. A crash before the delete only means
-        those rows go up again, and the hub drops them by id."""
-        if self._dropped >= self._acked:
+    def _record_acked(self, *, force: bool = False) -> None:
+        """Record the hub's ack mark (one meta row), at most every RECORD_EVERY_S: the rows
+        through it have left the outbox. Deleting them is a later sweep's work."""
+        if self._recorded >= self._acked:
             return
         now = time.monotonic()
-        if not force and now - self._dropped_at < DROP_EVERY_S:
+        if not force and now - self._recorded_at < RECORD_EVERY_S:
             return
-        n = self.store.acked(self.store.epoch, self._acked)
-        self._dropped, self._dropped_at = self._acked, now
-        log.debug("dropped %d acked rows through %d", n, self._acked)
+        self.store.acked(self.store.epoch, self._acked)
+        self._recorded, self._recorded_at = self._acked, now
         self._set(outbox=self.store.depth())
 
+    def _sweep(self) -> None:
+        """Delete acked rows when the lanes are quiet (no new outbox rows for QUIET_S, nothing
+        in flight): each delete is a write on the ledger the lanes commit redemptions to, and
+        during a drain it doubled their latency. A box that is never quiet sweeps anyway once
+        SWEEP_LAG_ROWS acked rows wait. At most SWEEP_ROWS per turn, so the link keeps
+        publishing and a scan that comes meanwhile waits for one short chunk at most."""
+        if self._swept >= self._recorded:
+            return
+        quiet = time.monotonic() - self._active_at >= QUIET_S and not self._flights
+        if not quiet and self._recorded - self._swept < SWEEP_LAG_ROWS:
+            return
+        n = self.store.sweep(SWEEP_ROWS)
+        if n == 0:
+            self._swept = self._recorded
+        else:
+            self._swept += n
+        log.debug("swept %d acked rows", n)
+
     def _drop_due(self) -> float | None:
-        """Seconds until acked rows are due to be deleted (None: none waiting)."""
-        if self._dropped >= self._acked:
-            return None
-        return self._dropped_at + DROP_EVERY_S - time.monotonic()
+        """Seconds until the ack mark is due to be recorded or a sweep may run (None: none)."""
+        if self._recorded < self._acked:
+            return self._recorded_at + RECORD_EVERY_S - time.monotonic()
+        if self._swept < self._recorded:
+            return max(0.0, self._active_at + QUIET_S - time.monotonic())
+        return None
 
     def _pump(self) -> None:
         self._rotation_check(connected=False)
-        self._drop_acked()
+        self._record_acked()
+        self._sweep()
         now = self.clock()
         if now - self._last_poll >= POLL_S:
             self._last_poll = now
@@ -156,6 +179,7 @@ class LinkUplink:
                 batch = self._reader.next_batch()
                 if batch is None:
                     break
+                self._active_at = time.monotonic()
                 new = _Flight(batch.events[0].seq, batch.events[-1].seq, batch.encode())
                 self._flights[new.first] = new
                 self._send(new, again=False)

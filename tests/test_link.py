@@ -29,6 +29,7 @@ from sync import protocol
 from sync.hub.issuer import Hub
 from sync.link import Link, backoff_delay
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
+from sync.link_uplink import QUIET_S
 from sync.pki import tls_client_context
 from sync.protocol import Down, Event
 from tests.broker import (  # noqa: F401  (the *_fixture names register fixtures)
@@ -242,6 +243,46 @@ def test_events_arrive_in_order_and_leave_the_outbox_only_on_the_hub_ack(
     append(ledger, 3)
     link.notify()
     wait(lambda: ledger.outbox_depth() == 0 and hub.count() == 503, what="3 more events")
+
+
+def rows(ledger: Ledger) -> int:
+    """Rows physically in the outbox (acked ones included, until the link sweeps them)."""
+    return int(ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_them(
+    hub: HubStandIn, links: Links, ledger: Ledger
+) -> None:
+    link = links()
+    append(ledger, 200)
+    link.notify()
+    wait(lambda: hub.count() == 200 and ledger.outbox_depth() == 0, what="200 events acked")
+    # While the lanes keep writing, acked rows stay: deleting them takes the write lock the
+    # lanes' redemptions need (it doubled their latency during a drain).
+    until = time.monotonic() + QUIET_S * 0.6
+    while time.monotonic() < until:
+        append(ledger, 1)
+        link.notify()
+        time.sleep(0.1)
+    assert rows(ledger) >= 200
+    wait(lambda: ledger.outbox_depth() == 0, what="the last rows acked")
+    # Quiet: the sweep deletes them.
+    wait(lambda: rows(ledger) == 0, timeout=QUIET_S + 15, what="the acked rows swept")
+    # Acked but not swept when the link stops: the next run goes on after the recorded mark
+    # and does not send them again.
+    append(ledger, 100)
+    link.notify()
+    wait(lambda: ledger.outbox_depth() == 0, what="100 more acked")
+    link.stop()
+    assert rows(ledger) == 100
+    high = hub.count()
+    again = links()
+    wait(lambda: again.status()["connected"], what="the new link to connect")
+    append(ledger, 1)
+    again.notify()
+    wait(lambda: hub.count() == high + 1 and ledger.outbox_depth() == 0, what="one more event")
+    assert max(hub.copies.values()) == 1, "an acked event was sent again after the restart"
+    wait(lambda: rows(ledger) == 0, timeout=QUIET_S + 15, what="the leftovers swept")
 
 
 def test_unacked_rows_are_sent_again_and_the_hub_dedupes(
