@@ -7,6 +7,7 @@ own; the rest runs on the asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from drivers.errors import DriverUnavailable
+from edge import shifts
 from edge.bus import EventBus
 from edge.cache import ImportResult
 from edge.cloud_config import config_status
@@ -26,6 +28,7 @@ from edge.config import BoxConfig
 from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot, make_slot
 from edge.errors import Stopping
+from edge.http_tls import ssl_options, tls_info
 from edge.lanes import Lane
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
@@ -39,6 +42,8 @@ from edge.spool import PrintSpool
 from edge.store import transaction
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from edge.cloud_config import ReloadRequest
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,9 @@ class Box:
         self.stats: dict[str, Any] = {"outbox_depth": 0, "cache_age_s": None, "print_queue": {}}
         self.stopping = False
         self.cloud_status: Callable[[], dict[str, Any]] | None = None  # set by the cloud link
+        # Set by extensions (the kiosk): each is called with the HTTP app after edge's routes.
+        self.http_hooks: list[Callable[[FastAPI], None]] = []
+        self._tls_info: dict[str, Any] | None = None  # Box.tls_info(), made once
         # Set by the daemon: validate the config on disk and restart the box with it.
         self.reload: Callable[[ReloadRequest], Awaitable[str]] | None = None
         self.metrics = Registry()
@@ -290,6 +298,19 @@ class Box:
         self.m_decisions.inc(lane=lane, reason=str(decision.reason))
         if latency_s is not None:
             self.m_latency.observe(latency_s, lane=lane)
+        cfg = self.config.lanes.get(lane)
+        if (
+            not decision.admit
+            and cfg is not None
+            and cfg.kind == "counter"
+            and self.svc is not None
+        ):
+            # The shift summary's denies by reason (edge/shifts.py); queued behind the
+            # decision's own write on the database thread, nobody waits for it.
+            fut = self.db.submit(
+                shifts.note_deny, self.svc, lane, str(decision.reason), decision.at
+            )
+            fut.add_done_callback(_log_failure)
 
     async def record(self, kind: str, body: dict[str, Any]) -> None:
         """An event for the cloud (outbox) that is not part of a redemption's transaction.
@@ -513,8 +534,16 @@ class Box:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
+            **ssl_options(self.config),  # HTTPS when [http] tls is on (edge/http_tls.py)
         )
         return _Server(config), sock
+
+    def tls_info(self) -> dict[str, Any]:
+        """{"enabled", "fingerprint", "not_after", "source"} of the HTTPS certificate (the
+        status screen shows the fingerprint; a self-made one is made here if still missing)."""
+        if self._tls_info is None:
+            self._tls_info = tls_info(self.config)
+        return self._tls_info
 
     def listen(self) -> socket.socket:
         host, _, port = self.config.http_listen.rpartition(":")
@@ -533,3 +562,8 @@ class Box:
             ) from err
         sock.listen(128)
         return sock
+
+
+def _log_failure(fut: concurrent.futures.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("counting a counter deny for the shift failed: %s", fut.exception())

@@ -24,6 +24,7 @@ from edge.client import daemon_url
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision, iso
 from edge.doctor import DeviceCheck, config_problems, render_table, run_doctor
 from edge.errors import BundleRefused, EdgeError
+from edge.http_tls import tls_info
 from edge.rules import Reason
 from edge.service import RedemptionService
 from edge.store import WriteLock
@@ -395,6 +396,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if doc.get("decision") == "free_passage":
         _emit(args, doc, f"FREE PASSAGE 自由通行: {doc.get('line_zh')} / {doc.get('line_en')}")
         return EXIT_OK
+    if doc.get("decision") == "confirm":  # a voucher at a counter: the cashier's tap redeems
+        _emit(args, doc, "CONFIRM 待确认: valid voucher, not redeemed yet / 有效券，尚未核销")
+        return EXIT_OK
     return _show_json_decision(args, doc)
 
 
@@ -453,12 +457,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from edge.cloud import CloudLink
 
         extensions.append(CloudLink(config.sync))
+    from kiosk_ui.extension import Kiosk
+
+    extensions.append(Kiosk())  # the cashier's web UI and its logins
     return run_daemon(config, bundle=bundle, on_ready=on_ready, extensions=extensions)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _service(args, write=False) as svc:
         st = svc.status()
+        st["tls"] = tls_info(svc.config, create=False)  # never makes a certificate
     cache = st["cache"]
     lines = [f"site {st['site']}  device {st['device']}", f"trust anchor {st['trust_anchor']}"]
     if cache["active"]:
@@ -472,8 +480,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"clock {'SUSPECT 异常: ' + st['clock']['why'] if st['clock']['suspect'] else 'ok'}"
     )
     lines.append(f"ledger {st['ledger']['redemptions']}  outbox {st['ledger']['outbox_depth']}")
+    lines.append(_tls_line(st["tls"]))
     _emit(args, st, "\n".join(lines))
     return EXIT_OK
+
+
+def _tls_line(tls: dict[str, Any]) -> str:
+    if not tls["enabled"]:
+        return "https off (loopback only) / 未启用 HTTPS（仅本机访问）"
+    if tls["fingerprint"] is None:
+        return "https on: the certificate is made at the daemon's start / 证书将在服务启动时生成"
+    return (
+        f"https {tls['source']} certificate, SHA-256 fingerprint 证书指纹 {tls['fingerprint']}"
+        f"  until {tls['not_after']}"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

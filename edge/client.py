@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.http_tls import client_context
 
 
 class DaemonError(EdgeError):
@@ -45,6 +46,18 @@ def daemon_url(state_dir: Path) -> str | None:
         os.close(fd)
 
 
+def _tls_handler(state_dir: Path, url: str) -> list[urllib.request.BaseHandler]:
+    """Over HTTPS ([http] tls), trust exactly the certificate the daemon serves (named in
+    daemon.json): a self-made one is in no CA store, and the listen address need not be in it."""
+    if not url.startswith("https:"):
+        return []
+    try:
+        cert = Path(json.loads((state_dir / "daemon.json").read_text())["tls_cert"])
+        return [urllib.request.HTTPSHandler(context=client_context(cert))]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # ssl.SSLError is an OSError
+        raise EdgeError(f"cannot load the daemon's HTTPS certificate: {err}") from err
+
+
 def call(state_dir: Path, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
     url = daemon_url(state_dir)
     if url is None:
@@ -62,7 +75,9 @@ def call(state_dir: Path, method: str, path: str, body: Any = None, timeout: flo
     )
     try:
         # No proxy, ever: the token must not leave the box (http_proxy would be honoured).
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), *_tls_handler(state_dir, url)
+        )
         with opener.open(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:

@@ -19,6 +19,8 @@ from typing import Any
 from drivers.registry import BACKENDS
 from edge.clock import ClockPolicy
 from edge.errors import ConfigError
+from edge.http_tls import TlsSettings
+from edge.http_tls import settings as tls_settings
 from edge.rules import Direction
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Policy:
     short_code_max_failures: int = 10
     short_code_failure_window_s: float = 60.0
     retention_days: int = 30
+    void_window_s: int = 300  # a cashier may undo a counter redemption this long (kiosk)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class BoxConfig:
     sync: SyncConfig | None = None
     managed: Managed | None = None
     managed_skipped: tuple[str, ...] = ()  # newer cloud configs that did not load, and why
+    http_tls: TlsSettings = field(default_factory=TlsSettings)  # [http] tls (edge/http_tls.py)
 
 
 def locate(config: str | None, home: str | None) -> tuple[Path, Path | None]:
@@ -310,6 +314,7 @@ def build(
         short_code_max_failures=pol.get("short_code_max_failures", int, 10),
         short_code_failure_window_s=pol.get("short_code_failure_window_s", float, 60.0),
         retention_days=pol.get("retention_days", int, 30),
+        void_window_s=pol.get("void_window_s", int, 300),
     )
     pol.done()
     devices = _devices(src("devices"), root.get("devices", dict, {}))
@@ -319,6 +324,14 @@ def build(
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(path, "http.listen", "HOST:PORT, e.g. 127.0.0.1:8800")
+    tls = tls_settings(
+        path,
+        base,
+        host,
+        http.get("tls", object, "auto"),  # a string, or true/false
+        http.get("tls_cert", str),
+        http.get("tls_key", str),
+    )
     http.done()
     printing = _printing(src("printing"), root.get("printing", dict, {}), devices)
     zones = _zones(src("zones"), root.get("zones", dict, {}))
@@ -340,6 +353,7 @@ def build(
         lockers,
         sync,
         managed,
+        http_tls=tls,
     )
 
 

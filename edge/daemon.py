@@ -35,6 +35,7 @@ from edge import cloud_config
 from edge.box import Box, Loop, _Server
 from edge.cloud_config import ConfigRefused, ReloadRequest
 from edge.config import BoxConfig
+from edge.http_tls import material
 from edge.notify import Notifier
 from edge.store import WriteLock, fsync_dir
 
@@ -249,8 +250,9 @@ class Daemon:
                 self._listener = None
             self._listener = box.listen()
             self._listen_addr = box.config.http_listen
-            host, port = self._listener.getsockname()[:2]
-            self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        host, port = self._listener.getsockname()[:2]
+        scheme = "https" if box.config.http_tls.enabled else "http"  # a reload may switch it
+        self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
         return self._listener.dup()
 
     async def _serve(
@@ -374,8 +376,16 @@ class Daemon:
     def _announce(self) -> None:
         assert self.box is not None
         state = self.config.state_dir
+        tls = material(self.box.config, create=False)  # the CLI pins the served certificate
         (state / "daemon.json").write_text(
-            json.dumps({"pid": os.getpid(), "url": self.url, "site": self.config.site})
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "url": self.url,
+                    "site": self.config.site,
+                    "tls_cert": None if tls is None else str(tls.cert),
+                }
+            )
         )
         status = self.box.status_line()
         self.notifier.ready(status)

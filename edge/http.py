@@ -329,6 +329,8 @@ def create_app(box: Box) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     app.include_router(api)
+    for hook in box.http_hooks:  # the kiosk's login, API and web UI (composition root)
+        hook(app)
     return app
 
 

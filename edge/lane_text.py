@@ -11,6 +11,7 @@ LINE_FIRE = ("消防疏散 请通行", "Emergency exit open")
 LINE_FREE = ("紧急放行 请通行", "Free passage")
 LINE_FAULT = ("设备故障 请找工作人员", "Gate fault, ask staff")
 LINE_AGAIN = ("请重新扫码", "Please scan again")
+LINE_CONFIRM = ("请稍候 收银员确认", "Please wait: cashier confirms")
 LINE_NOT_HERE = ("非本柜取件码", "Not a pickup code for this locker")
 SHORT_LINES: dict[Reason, tuple[str, str]] = {
     Reason.ALREADY_USED: ("票已使用", "Ticket already used"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from edge.devices import DeviceDown, DeviceSlot
 from edge.errors import InvalidTransition, Stopping
 from edge.lane_text import (
     LINE_AGAIN,
+    LINE_CONFIRM,
     LINE_FAULT,
     LINE_FIRE,
     LINE_FREE,
@@ -47,6 +49,10 @@ FIRE_POLL_S = 1.0
 SCAN_READ_S = 0.05
 COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
 MAX_OPEN = 100  # persons per gate command (drivers.gate.MAX_PERSONS); larger groups in turns
+# A voucher read at a counter waits for the cashier's tap: its code is kept (in memory only)
+# under a random confirm token this long, so the event carries the token and never the code.
+HOLD_S = 300.0
+MAX_HELD = 32
 
 
 _Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
@@ -96,6 +102,7 @@ class Lane:
         self.inflight: str | None = None  # redemption id waiting for its passage
         self.turn = asyncio.Lock()  # one visitor at a time: scans, forced admits, manual opens
         self.actuations: set[asyncio.Task[dict[str, Any]]] = set()
+        self.held: dict[str, tuple[str, float]] = {}  # confirm token -> (code, deadline)
 
     @property
     def name(self) -> str:
@@ -244,9 +251,28 @@ class Lane:
                     "line_en": LINE_FAULT[1],
                 }
             )
-        decision = await self.db.call(self.svc.redeem, text, self.name, ignore=ignore)
+        counter = self.cfg.kind == "counter"
+        decision = await self.db.call(
+            self.svc.redeem, text, self.name, ignore=ignore, hold_vouchers=counter
+        )
         if decision.extra.get("duplicate"):
             return self._duplicate(fp)
+        if decision.extra.get("needs_confirm"):
+            # A voucher at a counter waits for the cashier's tap (the kiosk redeems it then):
+            # nothing is written and nothing counted yet.
+            self._feedback(True, LINE_CONFIRM)
+            return self._publish(
+                decision.to_json()
+                | {
+                    "decision": "confirm",
+                    "needs_confirm": True,
+                    "confirm_token": self._hold(text),
+                    "source": source,
+                    "code_fp": fp,
+                    "line_zh": LINE_CONFIRM[0],
+                    "line_en": LINE_CONFIRM[1],
+                }
+            )
         latency = time.monotonic() - t0
         outcome: dict[str, Any] = {}
         if decision.admit and self.cfg.kind == "gate":
@@ -447,6 +473,21 @@ class Lane:
     def _at_reader(self, canonical_id: str) -> bool:
         """Runs on the database thread: a read of a dict the loop writes (atomic in CPython)."""
         return self.state.recent.get(canonical_id, 0.0) > time.monotonic()
+
+    def _hold(self, text: str) -> str:
+        now = time.monotonic()
+        for token in [t for t, (_, until) in self.held.items() if until <= now]:
+            del self.held[token]
+        while len(self.held) >= MAX_HELD:  # the oldest goes (dicts keep insertion order)
+            del self.held[next(iter(self.held))]
+        token = secrets.token_hex(16)
+        self.held[token] = (text, now + HOLD_S)
+        return token
+
+    def held_code(self, token: str) -> str | None:
+        """The code of a voucher waiting for the tap (`confirm_token` of its event)."""
+        item = self.held.get(token)
+        return item[0] if item is not None and item[1] > time.monotonic() else None
 
     def _duplicate(self, fp: str) -> dict[str, Any]:
         self.state.duplicates += 1

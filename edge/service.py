@@ -79,12 +79,16 @@ class RedemptionService:
         at: float | None = None,
         confirm_now: bool | None = None,
         ignore: Ignore | None = None,
+        hold_vouchers: bool = False,
     ) -> Decision:
         """Decide and, on admit, durably record a redemption (PENDING, or CONFIRMED at a counter).
 
         `redemption_id` is reused by every retry of the same scan: a retry returns the recorded
         decision instead of redeeming twice. `ignore(canonical_id)` True (a lane's visitor still
         at the reader) returns the decision marked `extra["duplicate"]` and writes nothing.
+        `hold_vouchers` (a counter scan): an admissible voucher (a short numeric code, kind
+        "short") is not redeemed; its decision comes back marked `extra["needs_confirm"]` and
+        nothing is written (the cashier's confirming tap redeems it).
         """
         now = self.clock() if at is None else at
         cfg = self._lane(lane)
@@ -97,6 +101,8 @@ class RedemptionService:
                 return decision.with_(extra={"duplicate": True})
             if done is not None:
                 decision = self._retry(done, decision)
+            elif decision.admit and hold_vouchers and decision.kind == "short":
+                decision = decision.with_(extra={"needs_confirm": True})
             elif decision.admit and ident is not None:
                 decision = self._record(decision, ident, cfg, rid, now, confirm, forced=False)
             else:

@@ -90,6 +90,10 @@ class SpoolWorkers(ABC):
     async def _q(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(db, *args)` on the spool-db thread (a SpoolDB method); PrintSpool provides it."""
 
+    def trouble(self) -> dict[str, str]:
+        """Printers not printing now (paper out, cover open, not answering) -> the problem."""
+        return dict(self._trouble)
+
     # -- events --
 
     async def _changed(self, row: dict[str, Any], *, final: bool = False, **extra: Any) -> None:

@@ -195,6 +195,38 @@ class KioskAuth:
 
         return dependency
 
+    async def verify_user_pin(self, user_name: str, pin: str, request: Request) -> bool:
+        """The logged-in user's PIN asked again before a grave action (free passage). Counted
+        and locked exactly like a login (a stolen session cannot guess on): False for a wrong
+        PIN, HTTP 429 `locked` while or once locked; a good PIN resets the name's count."""
+        addr = request.client.host if request.client else "unknown"
+        try:
+            name = normalize_name(user_name)
+        except UserError:
+            return False
+
+        def before() -> tuple[User, str] | None:
+            self.store.check_locks(name, addr)
+            return self.store.users.get(name)
+
+        try:
+            found = await self._db.call(before)
+        except Lockout as lock:
+            raise _locked(lock) from None
+        user, pin_hash = found if found is not None else (None, None)
+        async with self._lock():
+            good = await self._kdf.call(self._verify, pin, pin_hash)
+        if user is not None and not user.disabled and good:
+            await self._db.call(self.store.record_success, name)
+            return True
+        started = await self._db.call(self.store.record_failure, name, addr)
+        role = user.role if user else None
+        await self._audit("pin_check_failed", name, role, request, path=request.url.path)
+        if started[1]:
+            await self._audit("lockout", name, role, request, scope=started[0], locked_s=started[1])
+            raise _locked(started)
+        return False
+
     # --- the routes -----------------------------------------------------------------------
 
     def _build_router(self) -> APIRouter:

@@ -256,7 +256,12 @@ class Running:
 
 @contextmanager
 def running(
-    site: Site, *, bundle: bool = True, environ: dict[str, str] | None = None, cloud: bool = False
+    site: Site,
+    *,
+    bundle: bool = True,
+    environ: dict[str, str] | None = None,
+    cloud: bool = False,
+    kiosk: bool = False,
 ) -> Iterator[Running]:
     config = load(site.home / "edge.toml", site.home)
     loop = asyncio.new_event_loop()
@@ -265,12 +270,16 @@ def running(
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-        extensions = []
+        extensions: list[Any] = []
         if cloud:
             from edge.cloud import CloudLink
 
             assert config.sync is not None, "the site's edge.toml has no [sync] section"
             extensions.append(CloudLink(config.sync))
+        if kiosk:
+            from kiosk_ui.extension import Kiosk
+
+            extensions.append(Kiosk())
         d = Daemon(
             config,
             notifier=Notifier(environ or {}),

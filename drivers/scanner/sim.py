@@ -146,7 +146,7 @@ class SimSerialReader:
                 n = gm65.frame_length(self._buf)
                 if n is None or (n and len(self._buf) < n):
                     break
-                if not n:  # not a command: a real reader ignores it
+                if not n or self._buf[:2] != gm65.HEAD:  # not a command: a reader ignores it
                     del self._buf[:1]
                     continue
                 kind, zone, value, crc_ok = gm65.decode_command(bytes(self._buf[:n]))
