@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.store import Schema, open_db, transaction
 from sync import protocol
-from sync.hub.bundles import used_entries
+from sync.hub.bundles import UsedDebounce, used_entries
 from sync.hub.issuer import Hub
 from sync.hub.store import HUB_SCHEMA, HubStore
 from tests.broker import Broker, Probes, broker_fixture, pki_fixture, probes_fixture  # noqa: F401
@@ -173,3 +173,23 @@ def test_odd_field_types_in_a_redemption_are_stored_not_refused_forever(tmp_path
         assert row == ('{"x":1}', "7")
     finally:
         store.close()
+
+
+def test_used_deltas_coalesce_while_a_box_drains_a_backlog() -> None:
+    """Live traffic: a delta a second. A box draining an outage's backlog (thousands of
+    events a second): one delta per 10 s window, so the site's boxes import 10x fewer."""
+
+    def events(n: int, kind: str = "redemption") -> list[protocol.Event]:
+        return [protocol.Event(i, secrets.token_hex(16), kind, 0.0, {}) for i in range(n)]
+
+    d = UsedDebounce(delay_s=1.0, drain_delay_s=10.0, drain_rate=200.0)
+    d.note("s", events(2), now=100.0)  # a live gate
+    assert d.due(now=100.9) == [] and d.due(now=101.0) == ["s"]
+    d.note("s", events(2, "passage"), now=200.0)  # no use in it: no delta owed
+    assert d.due(now=300.0) == []
+    for k in range(20):  # 20 batches of 400 in 2 s: a drain
+        d.note("s", events(400), now=400.0 + k * 0.1)
+    assert d.due(now=401.0) == [] and d.due(now=409.9) == []
+    assert d.due(now=410.0) == ["s"]
+    d.note("other", events(1), now=410.0)  # another site is live: its own window
+    assert d.due(now=411.0) == ["other"]

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +165,30 @@ def used_delta(
 
 class UsedDebounce:
     """Which sites owe a used delta: a batch with redemption events marks its site due after
-    `delay_s`, and later batches in that window ride on the same delta. Worker thread only."""
+    `delay_s`, and later batches in that window ride on the same delta. While a site's boxes
+    send more than `drain_rate` events a second (a box draining the backlog of an outage: a
+    live gate makes a few a second), the window is `drain_delay_s`: every box of the site
+    imports each delta, and a delta a second costs each box's lanes more than the late
+    news is worth (those uses were made while the box was offline anyway). Worker only."""
 
-    def __init__(self, delay_s: float = 1.0) -> None:
-        self.delay_s = delay_s
+    def __init__(
+        self, delay_s: float = 1.0, drain_delay_s: float = 10.0, drain_rate: float = 200.0
+    ) -> None:
+        self.delay_s, self.drain_delay_s, self.drain_rate = delay_s, drain_delay_s, drain_rate
         self._due: dict[str, float] = {}
+        self._rate: dict[str, tuple[float, float]] = {}  # site: (window start, events in it)
 
-    def note(self, site: str, events: Iterable[Event], now: float | None = None) -> None:
-        if any(e.type in USED_EVENT_TYPES for e in events):
-            self._due.setdefault(site, (time.monotonic() if now is None else now) + self.delay_s)
+    def note(self, site: str, events: Sequence[Event], now: float | None = None) -> None:
+        t = time.monotonic() if now is None else now
+        start, n = self._rate.get(site, (t, 0.0))
+        if t - start >= 1.0:
+            start, n = t, 0.0
+        n += len(events)
+        self._rate[site] = (start, n)
+        if not any(e.type in USED_EVENT_TYPES for e in events):
+            return
+        delay = self.drain_delay_s if n > self.drain_rate else self.delay_s
+        self._due.setdefault(site, t + delay)
 
     def due(self, now: float | None = None) -> list[str]:
         t = time.monotonic() if now is None else now
