@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig mosquitto mosquitto-clients
+APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig mosquitto mosquitto-clients chromium
 
 .PHONY: run test lint typecheck layers pytest bench clean system-deps
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import core, daemon, drivers, sync
+from bench import core, daemon, drivers, kiosk, sync
 from bench.stats import Figures, check_targets, progress
 
 AREAS: dict[str, Callable[[bool, Path | None, bool], Figures]] = {
@@ -15,6 +15,7 @@ AREAS: dict[str, Callable[[bool, Path | None, bool], Figures]] = {
     "drivers": drivers.run,
     "daemon": daemon.run,
     "sync": sync.run,
+    "kiosk": kiosk.run,
 }
 
 

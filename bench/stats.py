@@ -93,6 +93,11 @@ TARGETS = (
     Target("scan_to_gate_during_drain_ratio", 2.0, "x"),
     Target("fleet_lost", 0.0, ""),
     Target("fleet_duplicated_effects", 0.0, ""),
+    # issue 6, "Performance" (bench/kiosk.py)
+    Target("scan_to_browser_p99_ms", 150.0, "ms"),
+    Target("counter_first_load_ms", 1000.0, "ms"),
+    Target("counter_first_load_p99_ms", 1000.0, "ms"),
+    Target("counter_first_load_kb", 300.0, "KB"),
 )
 
 
