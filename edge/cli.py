@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge import client
+from edge import client, provision_flow
 from edge import config as cfgmod
 from edge.client import daemon_url
 from edge.decision import REASON_TEXT, SCHEMA_VERSION, Decision, iso
@@ -68,11 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         "one-time claim (--enroll) or from a directory (--from), accept the trust anchor only "
         "if its fingerprint matches, and write the config. / 设备注册",
     )
-    p.add_argument("--site", required=True)
-    p.add_argument("--device", required=True, help="this box's id (its certificate CN)")
-    p.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
-    p.add_argument("--anchor-fingerprint", required=True, help="as given by the operator")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="ask the questions (also with no arguments on a terminal): identity, enrollment, "
+        "which attached device does what; writes the config, enrolls, runs doctor / 交互式注册",
+    )
+    p.add_argument("--site")
+    p.add_argument("--device", help="this box's id (its certificate CN)")
+    p.add_argument("--broker", help="HOST:PORT of the MQTT broker")
+    p.add_argument("--anchor-fingerprint", help="as given by the operator")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--enroll", help="the hub's enrollment URL, https://HOST:PORT")
     src.add_argument(
         "--from",
@@ -82,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--claim", help="the one-time claim token (with --enroll)")
     p.add_argument("--enroll-ca", type=Path, help="pin the enrollment endpoint's CA (optional)")
+    p.add_argument(
+        "--device-map",
+        action="append",
+        default=[],
+        metavar="ROLE[:DRIVER]=PATH",
+        help="write the config's devices and lanes from roles, e.g. "
+        "locker-board:8a=/dev/edge/locker0?board=1&doors=24 (repeat; docs/technician.md)",
+    )
+    p.add_argument("--gate-list", help="check-in list of the gate lanes (default: default)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing config (kept as .bak-...)"
+    )
     p.add_argument("--config", help="config file to write")
     p.add_argument("--home", help="box directory (DIR/edge.toml, state in DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -233,9 +252,60 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _provision_steps() -> provision_flow.Steps[Any]:
+    """Enrollment (sync/provision.py) for the wizard and --device-map (edge/provision_flow.py)."""
+    from sync import provision
+
+    def obtain(plan: provision_flow.Plan) -> provision.Material:
+        if plan.from_dir is not None:
+            return provision.from_directory(plan.from_dir, plan.device, plan.fingerprint)
+        return provision.enroll(
+            plan.enroll_url or "",
+            site=plan.site,
+            device=plan.device,
+            claim=plan.claim or "",
+            fingerprint=plan.fingerprint,
+            cafile=plan.enroll_ca,
+        )
+
+    def install(material: provision.Material, plan: provision_flow.Plan) -> str:
+        provision.install(
+            material,
+            config=plan.config,
+            state_dir=plan.state_dir,
+            site=plan.site,
+            device=plan.device,
+            broker=plan.broker,
+        )
+        return material.anchor.fingerprint
+
+    return provision_flow.Steps(obtain, install)
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from sync import provision
 
+    given = ("site", "device", "broker", "anchor_fingerprint", "enroll", "from_dir", "claim")
+    bare = not any(getattr(args, k) for k in given) and not args.device_map
+    if args.interactive or (bare and sys.stdin.isatty()):
+        from edge import provision_wizard
+
+        path, state = provision_flow.locate(args.config, args.home)
+        return provision_wizard.run(
+            _provision_steps(),
+            ask=input,
+            say=print,
+            config=path,
+            state_dir=state,
+            defaults=vars(args),
+            force=args.force,
+        )
+    if args.device_map:
+        plan = provision_flow.plan_from_flags(args)
+        out = provision_flow.execute(plan, _provision_steps())
+        _emit(args, out.to_json(plan), provision_flow.report(plan, out))
+        return EXIT_OK if out.provisioned else EXIT_ERROR
+    provision_flow.require_flags(args)
     path, hint = cfgmod.locate(args.config, args.home)
     state = hint or path.parent
     if path.exists():
