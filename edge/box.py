@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
 from drivers.errors import DriverUnavailable
-from edge import shifts
+from edge import denies
 from edge.bus import EventBus
 from edge.cache import ImportResult
 from edge.cloud_config import config_status
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 Loop = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 
 class _Server(uvicorn.Server):
@@ -197,6 +198,9 @@ class Box:
                     await lane.set_emergency(True)
         await self.refresh_stats()
         self.crowd.levels.update({z.zone: z.level for z in self.zones})
+        # The HTTPS certificate (made the first time: a key generation and fsyncs) is made
+        # here off the loop, so the server's start only finds it.
+        await asyncio.to_thread(self.tls_info)
 
     def loops(self) -> list[tuple[str, Loop]]:
         """The long-lived loops the daemon supervises."""
@@ -299,16 +303,12 @@ class Box:
         if latency_s is not None:
             self.m_latency.observe(latency_s, lane=lane)
         cfg = self.config.lanes.get(lane)
-        if (
-            not decision.admit
-            and cfg is not None
-            and cfg.kind == "counter"
-            and self.svc is not None
-        ):
-            # The shift summary's denies by reason (edge/shifts.py); queued behind the
-            # decision's own write on the database thread, nobody waits for it.
+        if not decision.admit and self.svc is not None:
+            # Today's deny counts and a counter shift's denies by reason (edge/denies.py);
+            # queued behind the decision's own write on the database thread, nobody waits.
+            counter = cfg is not None and cfg.kind == "counter"
             fut = self.db.submit(
-                shifts.note_deny, self.svc, lane, str(decision.reason), decision.at
+                denies.note, self.svc, lane, str(decision.reason), decision.at, counter=counter
             )
             fut.add_done_callback(_log_failure)
 
@@ -324,18 +324,41 @@ class Box:
         await self.db.call(self._audit, actor, action, target, detail)
         self.bus.publish("audit", actor=actor, action=action, target=target, detail=detail)
 
+    async def audited(
+        self, fn: Callable[[Callable[[str, str], None]], T], actor: str, action: str
+    ) -> T:
+        """`fn(audit)` on the database thread, where `audit(target, detail)` writes the audit
+        entry (and its outbox event) inside fn's own transaction: a business write and its
+        audit commit together or not at all. fn calls it only when it did something."""
+        done: list[tuple[str, str]] = []
+
+        def audit(target: str, detail: str) -> None:
+            self._audit_row(actor, action, target, detail)
+            done.append((target, detail))
+
+        result = await self.db.call(fn, audit)
+        for target, detail in done:
+            log.warning("audit actor=%s action=%s target=%s %s", actor, action, target, detail)
+            self.bus.publish("audit", actor=actor, action=action, target=target, detail=detail)
+        return result
+
     def _audit(self, actor: str, action: str, target: str, detail: str) -> None:
         assert self.svc is not None
-        ledger, now = self.svc.ledger, time.time()
-        with transaction(ledger.conn):
-            ledger.conn.execute(
-                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                (now, actor, action, target, detail),
-            )
-            ledger.append_event(
-                "audit", {"actor": actor, "action": action, "target": target, "detail": detail}, now
-            )
+        with transaction(self.svc.ledger.conn):
+            self._audit_row(actor, action, target, detail)
         log.warning("audit actor=%s action=%s target=%s %s", actor, action, target, detail)
+
+    def _audit_row(self, actor: str, action: str, target: str, detail: str) -> None:
+        """The audit row and its outbox event, inside the caller's transaction."""
+        assert self.svc is not None
+        ledger, now = self.svc.ledger, time.time()
+        ledger.conn.execute(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+            (now, actor, action, target, detail),
+        )
+        ledger.append_event(
+            "audit", {"actor": actor, "action": action, "target": target, "detail": detail}, now
+        )
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         assert self.svc is not None
@@ -566,4 +589,4 @@ class Box:
 
 def _log_failure(fut: concurrent.futures.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.error("counting a counter deny for the shift failed: %s", fut.exception())
+        log.error("counting a deny (today's counts, the shift) failed: %s", fut.exception())

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import bundle as fmt
 from edge.errors import BundleRefused
+from edge.store import write_atomic
 
 if TYPE_CHECKING:
     from edge.box import Box
@@ -39,14 +40,6 @@ MAX_SIZE = 2 << 30  # a million-code snapshot is far below this
 STALE_S = 3 * 86400  # chunks of a bundle that never completed (the hub's TTL is a day)
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _SHA = re.compile(r"[0-9a-f]{64}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _int(body: dict[str, Any], key: str, low: int, high: int) -> int:
@@ -113,13 +106,7 @@ class BundleInbox:
         return self._assemble(where, count, size, sha)
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, data)
 
     def _assemble(self, where: Path, count: int, size: int, sha: str) -> Path:
         out = where / "bundle"

@@ -28,7 +28,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 import tomllib
@@ -50,7 +49,7 @@ from edge.config import (
     read_toml,
 )
 from edge.errors import ConfigError, EdgeError
-from edge.store import fsync_dir, transaction
+from edge.store import fsync_dir, transaction, write_atomic
 
 if TYPE_CHECKING:
     from edge.box import Box
@@ -203,14 +202,7 @@ def _stored_revision(path: Path) -> int | None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, data, 0o640)
 
 
 # -- handlers (on the loop) ---------------------------------------------------------------------

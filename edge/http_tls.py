@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.errors import ConfigError
+from edge.store import write_atomic
 
 if TYPE_CHECKING:
     from edge.config import BoxConfig
@@ -182,8 +183,8 @@ def ensure_self_signed(
     key_pem, cert_pem = make_self_signed(device, site, names_and_addresses(listen_host), at)
     state_dir.mkdir(parents=True, exist_ok=True)
     # Key first: a crash in between leaves a key without its certificate, which is made again.
-    _write_atomic(key_p, key_pem, 0o600)
-    _write_atomic(cert_p, cert_pem, 0o644)
+    write_atomic(key_p, key_pem, 0o600)
+    write_atomic(cert_p, cert_pem, 0o644)
     log.info("made the box's HTTPS certificate %s (SHA-256 %s)", cert_p, fingerprint(cert_pem))
 
 
@@ -297,27 +298,6 @@ def make_self_signed(
         serialization.NoEncryption(),
     )
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """tmp (created with `mode`: a key is never readable by others), fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed the certificate's mode
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # -- what the server, the CLI and the status screen use ---------------------------------------

@@ -27,6 +27,7 @@ from edge.config import LaneConfig
 from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot
 from edge.errors import InvalidTransition, Stopping
+from edge.lane_hold import HeldCodes
 from edge.lane_text import (
     LINE_AGAIN,
     LINE_CONFIRM,
@@ -49,10 +50,6 @@ FIRE_POLL_S = 1.0
 SCAN_READ_S = 0.05
 COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
 MAX_OPEN = 100  # persons per gate command (drivers.gate.MAX_PERSONS); larger groups in turns
-# A voucher read at a counter waits for the cashier's tap: its code is kept (in memory only)
-# under a random confirm token this long, so the event carries the token and never the code.
-HOLD_S = 300.0
-MAX_HELD = 32
 
 
 _Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
@@ -102,7 +99,7 @@ class Lane:
         self.inflight: str | None = None  # redemption id waiting for its passage
         self.turn = asyncio.Lock()  # one visitor at a time: scans, forced admits, manual opens
         self.actuations: set[asyncio.Task[dict[str, Any]]] = set()
-        self.held: dict[str, tuple[str, float]] = {}  # confirm token -> (code, deadline)
+        self.held = HeldCodes()  # counter vouchers waiting for the cashier's tap
 
     @property
     def name(self) -> str:
@@ -187,6 +184,58 @@ class Lane:
         await self.queue.put((text, time.monotonic(), source, fut))
         return await fut
 
+    async def redeem_code(
+        self,
+        code: str,
+        redemption_id: bytes | None = None,
+        *,
+        source: str = "kiosk",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A counter's confirming tap on a typed code: redeem it now (a voucher too), in turn
+        with the lane's scanner. A retry with the same `redemption_id` gets the recorded
+        outcome. Returns (and publishes) what the lane showed, with `extra` added."""
+        async with self.turn:
+            return await self._redeem_now(code, redemption_id, source, extra or {})
+
+    async def redeem_held(
+        self,
+        token: str,
+        redemption_id: bytes | None = None,
+        *,
+        source: str = "kiosk",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The tap on a voucher this lane held (`confirm_token` of its `confirm` decision):
+        the token is good for one tap; the same tap again (same `redemption_id`) gets its
+        recorded answer; anything else raises ConfirmGone (edge/lane_hold.py)."""
+        rid = redemption_id or secrets.token_bytes(16)
+        item = self.held.take(token, rid)
+        async with self.turn:
+            if item.outcome is None:
+                item.outcome = await self._redeem_now(item.code, rid, source, extra or {})
+        return item.outcome
+
+    async def _redeem_now(
+        self, code: str, rid: bytes | None, source: str, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        t0 = time.monotonic()
+        d = await self.db.call(self.svc.redeem, code, self.name, redemption_id=rid)
+        latency = time.monotonic() - t0
+        self.hooks.observe(self.name, d, latency)
+        if d.admit and d.list_id:
+            await self.hooks.occupancy_changed()
+        zh, en = display_line(d.reason)
+        out = {
+            "source": source,
+            "code_fp": code_fingerprint(code),
+            "line_zh": zh,
+            "line_en": en,
+            "needs_confirm": False,
+            "latency_ms": round(latency * 1000, 2),
+        }
+        return self._publish(d.to_json() | out | extra)
+
     async def handle(
         self, text: str, *, t0: float | None = None, source: str = "scanner"
     ) -> dict[str, Any]:
@@ -266,7 +315,7 @@ class Lane:
                 | {
                     "decision": "confirm",
                     "needs_confirm": True,
-                    "confirm_token": self._hold(text),
+                    "confirm_token": self.held.hold(text),
                     "source": source,
                     "code_fp": fp,
                     "line_zh": LINE_CONFIRM[0],
@@ -473,21 +522,6 @@ class Lane:
     def _at_reader(self, canonical_id: str) -> bool:
         """Runs on the database thread: a read of a dict the loop writes (atomic in CPython)."""
         return self.state.recent.get(canonical_id, 0.0) > time.monotonic()
-
-    def _hold(self, text: str) -> str:
-        now = time.monotonic()
-        for token in [t for t, (_, until) in self.held.items() if until <= now]:
-            del self.held[token]
-        while len(self.held) >= MAX_HELD:  # the oldest goes (dicts keep insertion order)
-            del self.held[next(iter(self.held))]
-        token = secrets.token_hex(16)
-        self.held[token] = (text, now + HOLD_S)
-        return token
-
-    def held_code(self, token: str) -> str | None:
-        """The code of a voucher waiting for the tap (`confirm_token` of its event)."""
-        item = self.held.get(token)
-        return item[0] if item is not None and item[1] > time.monotonic() else None
 
     def _duplicate(self, fp: str) -> dict[str, Any]:
         self.state.duplicates += 1

@@ -208,6 +208,23 @@ LEDGER_SCHEMA = Schema(
         ) WITHOUT ROWID;
         CREATE INDEX redemptions_by_lane_time ON redemptions (lane, created_at);
         """,
+        # 7: denies per site business day, lane and reason (edge/denies.py: the gate screen's
+        # counts survive a restart, unlike the decision metrics); voids found by when they
+        # happened (a shift counts the voids made in it); and a first shift opened after
+        # counter redemptions reaches back to them (before, they belonged to no shift).
+        """
+        CREATE TABLE deny_counts (
+            day TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (day, lane, reason)
+        ) WITHOUT ROWID;
+        CREATE INDEX redemptions_voided ON redemptions (lane, updated_at) WHERE state = 'voided';
+        UPDATE shifts SET opened_at = min(opened_at, coalesce(
+            (SELECT min(created_at) FROM redemptions), opened_at))
+            WHERE closed_at IS NULL AND (SELECT count(*) FROM shifts) = 1;
+        """,
     ],
 )
 

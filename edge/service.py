@@ -176,8 +176,17 @@ class RedemptionService:
             )
         return self._require(redemption_id)
 
-    def void(self, redemption_id: bytes, why: str, at: float | None = None) -> Redemption:
-        """Compensation: nobody passed (or a cashier's undo). The ticket is usable again."""
+    def void(
+        self,
+        redemption_id: bytes,
+        why: str,
+        at: float | None = None,
+        *,
+        then: Callable[[], None] | None = None,
+    ) -> Redemption:
+        """Compensation: nobody passed (or a cashier's undo). The ticket is usable again.
+        `then()` runs inside the void's transaction when this call voided it (not when it was
+        voided already): an audit entry that must commit with the void, or not at all."""
         now = self.clock() if at is None else at
         with transaction(self.ledger.conn):
             r = self._require(redemption_id)
@@ -188,6 +197,8 @@ class RedemptionService:
             self.ledger.append_event(
                 "redemption_voided", {"redemption_id": r.id.hex(), "why": why}, now, r.id
             )
+            if then is not None:
+                then()
         return self._require(redemption_id)
 
     def zone_full(self, zone_id: str | None, zone: dict[str, Any] | None = None) -> int | None:

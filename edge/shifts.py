@@ -1,26 +1,33 @@
 """Counter shifts (交班): what the box's counter lanes decided since the last shift close.
 
-One shift is open at a time (the first opens at the first counter decision or summary request).
-Its summary is read from two durable sources in the ledger:
-- admits, persons and voids by product: the redemptions made on counter lanes inside the shift's
-  window [opened_at, closed_at) (a voided one counts as a void, not an admit);
+One shift is open at a time. Each covers everything since the previous close: a close opens the
+next shift at once, and the very first shift reaches back to the first counter redemption, so a
+redemption never falls outside every shift. Its summary is read from durable sources in the
+ledger:
+- admits and persons by product: the redemptions made on counter lanes inside the shift's window
+  [opened_at, closed_at) and not voided;
+- voids: counter redemptions voided inside the window, whenever they were made (a void belongs
+  to the shift in which the cashier undid it);
 - denies by reason: `shift_denies`, a tally the box bumps for every counter deny
-  (`Box.observe`). The deny itself is only an outbox event (`scan_denied`), which leaves the ledger
-  once the cloud acknowledges it, and the decision metrics restart with the box: neither can
-  answer for a whole shift.
+  (edge/denies.py, from `Box.observe`). The deny itself is only an outbox event (`scan_denied`),
+  which leaves the ledger once the cloud acknowledges it, and the decision metrics restart with
+  the box: neither can answer for a whole shift.
 
-Closing writes the closed shift (with its summary), its outbox event `shift_closed` and the next
-open shift in one transaction. Everything here runs on the database thread (the ledger's).
+Closing checks that the shift asked for is still the open one, then writes the closed shift (with
+its summary), its outbox event `shift_closed`, its audit entry and the next open shift in one
+transaction. Everything here runs on the database thread (the ledger's).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from edge.decision import REASON_TEXT
+from edge.errors import EdgeError
 from edge.rules import Reason
 from edge.service import RedemptionService
 from edge.store import transaction
@@ -28,6 +35,17 @@ from edge.store import transaction
 log = logging.getLogger(__name__)
 
 VOID_TEXT = ("已撤销", "Voided")
+# audit(target, detail): writes the audit entry inside the caller's transaction (Box.audited).
+Audit = Callable[[str, str], None]
+
+
+class ShiftNotOpen(EdgeError):
+    """The shift asked to be closed is not the open one (closed meanwhile, e.g. at another
+    screen)."""
+
+    def __init__(self, shift_id: int, open_id: int) -> None:
+        self.shift_id, self.open_id = shift_id, open_id
+        super().__init__(f"shift {shift_id} is not open (the open shift is {open_id})")
 
 
 def counter_lanes(svc: RedemptionService) -> list[str]:
@@ -35,26 +53,35 @@ def counter_lanes(svc: RedemptionService) -> list[str]:
 
 
 def _open_id(svc: RedemptionService, now: float) -> tuple[int, float]:
-    """The open shift (id, opened_at); opens one when none is (inside a transaction)."""
+    """The open shift (id, opened_at); opens one when none is (inside a transaction). A close
+    opens the next one itself, so this opens only the first: it reaches back to the first
+    counter redemption, which would otherwise belong to no shift."""
     conn = svc.ledger.conn
     row = conn.execute("SELECT id, opened_at FROM shifts WHERE closed_at IS NULL").fetchone()
     if row is not None:
         return int(row[0]), float(row[1])
-    cur = conn.execute("INSERT INTO shifts (opened_at) VALUES (?)", (now,))
+    lanes = counter_lanes(svc)
+    marks = ",".join("?" * len(lanes))
+    (last_close,) = conn.execute("SELECT max(closed_at) FROM shifts").fetchone()
+    (first,) = conn.execute(
+        f"SELECT min(created_at) FROM redemptions WHERE lane IN ({marks})", lanes
+    ).fetchone()
+    start = last_close if last_close is not None else first if first is not None else now
+    start = min(float(start), now)
+    cur = conn.execute("INSERT INTO shifts (opened_at) VALUES (?)", (start,))
     assert cur.lastrowid is not None
     log.info("counter shift %d opened", cur.lastrowid)
-    return int(cur.lastrowid), now
+    return int(cur.lastrowid), start
 
 
-def note_deny(svc: RedemptionService, lane: str, reason: str, at: float) -> None:
-    """Count one deny on a counter lane in the open shift."""
-    with transaction(svc.ledger.conn):
-        shift_id, _ = _open_id(svc, at)
-        svc.ledger.conn.execute(
-            "INSERT INTO shift_denies (shift_id, lane, reason, count) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT (shift_id, lane, reason) DO UPDATE SET count = count + 1",
-            (shift_id, lane, reason),
-        )
+def count_deny(svc: RedemptionService, lane: str, reason: str, at: float) -> None:
+    """Count one deny on a counter lane in the open shift (inside a transaction)."""
+    shift_id, _ = _open_id(svc, at)
+    svc.ledger.conn.execute(
+        "INSERT INTO shift_denies (shift_id, lane, reason, count) VALUES (?, ?, ?, 1) "
+        "ON CONFLICT (shift_id, lane, reason) DO UPDATE SET count = count + 1",
+        (shift_id, lane, reason),
+    )
 
 
 def note_actor(svc: RedemptionService, redemption_id: bytes, actor: str) -> None:
@@ -73,27 +100,41 @@ def current(svc: RedemptionService, now: float) -> dict[str, Any]:
     return _summary(svc, shift_id, opened_at, None)
 
 
-def close(svc: RedemptionService, actor: str, note: str, now: float) -> dict[str, Any]:
-    """Close the open shift and open the next: the closed row, its `shift_closed` outbox
-    event and the new shift in one transaction. Returns the closed summary."""
+def close(
+    svc: RedemptionService,
+    actor: str,
+    note: str,
+    now: float,
+    *,
+    shift_id: int | None = None,
+    audit: Audit | None = None,
+) -> dict[str, Any]:
+    """Close the open shift (`shift_id`: only if it is still the open one, else ShiftNotOpen)
+    and open the next: the closed row, its `shift_closed` outbox event, its audit entry and the
+    new shift in one transaction. Returns the closed summary."""
     conn = svc.ledger.conn
     with transaction(conn):
-        shift_id, opened_at = _open_id(svc, now)
+        open_id, opened_at = _open_id(svc, now)
+        if shift_id is not None and shift_id != open_id:
+            raise ShiftNotOpen(shift_id, open_id)
         now = max(now, opened_at)
-        summary = _summary(svc, shift_id, opened_at, now) | {
+        summary = _summary(svc, open_id, opened_at, now) | {
             "closed_by": actor,
             "note": note,
             "device": svc.config.device,
         }
         conn.execute(
             "UPDATE shifts SET closed_at = ?, closed_by = ?, note = ?, summary = ? WHERE id = ?",
-            (now, actor, note, json.dumps(summary, ensure_ascii=False), shift_id),
+            (now, actor, note, json.dumps(summary, ensure_ascii=False), open_id),
         )
         svc.ledger.append_event("shift_closed", summary, now)
+        if audit is not None:
+            keys = ("admits", "denies", "voids", "opened_at", "closed_at")
+            audit(f"shift {open_id}", json.dumps({k: summary[k] for k in keys}))
         conn.execute("INSERT INTO shifts (opened_at) VALUES (?)", (now,))
     log.info(
         "counter shift %d closed by %s: %d admits, %d denies, %d voids",
-        shift_id,
+        open_id,
         actor,
         summary["admits"],
         summary["denies"],
@@ -110,17 +151,20 @@ def _summary(
     marks = ",".join("?" * len(lanes))
     end = float("inf") if closed_at is None else closed_at
     rows = conn.execute(
-        f"SELECT product, state = 'voided', count(*), sum(coalesce(passed, persons)) "
-        f"FROM redemptions WHERE lane IN ({marks}) AND created_at >= ? AND created_at < ? "
-        "GROUP BY product, state = 'voided' ORDER BY product",
+        f"SELECT product, count(*), sum(coalesce(passed, persons)) FROM redemptions "
+        f"WHERE lane IN ({marks}) AND created_at >= ? AND created_at < ? AND state != 'voided' "
+        "GROUP BY product ORDER BY product",
         (*lanes, opened_at, end),
     ).fetchall()
+    # By the time of the void (a voided row's updated_at; it never changes again).
+    (voids,) = conn.execute(
+        f"SELECT count(*) FROM redemptions WHERE lane IN ({marks}) AND state = 'voided' "
+        "AND updated_at >= ? AND updated_at < ?",
+        (*lanes, opened_at, end),
+    ).fetchone()
     names = product_names(svc)
-    by_product, voids = [], 0
-    for product, voided, n, persons in rows:
-        if voided:
-            voids += int(n)
-            continue
+    by_product = []
+    for product, n, persons in rows:
         by_product.append(
             {
                 "product": product,
@@ -150,7 +194,7 @@ def _summary(
         "admits": sum(p["count"] for p in by_product),
         "persons": sum(p["persons"] for p in by_product),
         "denies": sum(r["count"] for r in by_reason),
-        "voids": voids,
+        "voids": int(voids),
     }
 
 

@@ -47,6 +47,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` in one step: a temporary file beside it, created new (O_EXCL: never an
+    existing file, O_NOFOLLOW: never through a link someone planted) with `mode` from the
+    start, so a key is never readable by others, not even for an instant; then fsync, rename,
+    fsync of the directory. A temporary file a crash left behind is removed first."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)  # the umask may have narrowed it; a cert stays readable
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def _check(conn: sqlite3.Connection, path: Path, full: bool) -> None:
     pragma = "integrity_check" if full else "quick_check"
     rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]

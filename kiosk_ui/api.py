@@ -10,10 +10,11 @@ kiosk_ui calls edge's services (the Box) only: never a driver, never SQL.
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from kiosk_ui import api_counter, api_gate, api_lockers, api_printers, api_status
@@ -34,6 +35,9 @@ TOPICS = frozenset(
 )  # fmt: skip
 KEEPALIVE_S = 15.0
 POLL_S = 0.5
+# An open stream asks again this often whether its session is still live: a logout, an idle
+# expiry or a disabled user ends it (the cookie was checked only when it opened).
+SESSION_CHECK_S = 5.0
 
 
 def build_router(box: "Box", auth: "KioskAuth") -> APIRouter:
@@ -63,11 +67,13 @@ def build_router(box: "Box", auth: "KioskAuth") -> APIRouter:
 
     @router.get("/events", response_class=StreamingResponse)
     async def events(
+        request: Request,
         _: Annotated[User, anyone],
         topics: Annotated[str, Query(max_length=200)] = "",
     ) -> StreamingResponse:
         """Server-sent events (`event: <topic>`, `id: <seq>`, `data: <json>`) of the screens'
-        topics, or the comma-separated `topics` among them. Ends when the box stops."""
+        topics, or the comma-separated `topics` among them. Ends when the box stops, and when
+        the session ends (logout, expiry): it is checked again every few seconds."""
         wanted = {t for t in topics.split(",") if t} & TOPICS or set(TOPICS)
         sub = box.bus.subscribe(wanted)
 
@@ -76,9 +82,15 @@ def build_router(box: "Box", auth: "KioskAuth") -> APIRouter:
             # before the box closes the bus); a comment line every KEEPALIVE_S keeps proxies
             # and the browser from timing the stream out.
             quiet = 0.0
+            checked = time.monotonic()
             try:
                 yield "retry: 2000\n: connected\n\n"
                 while not box.stopping and not sub.closed:
+                    if time.monotonic() - checked >= SESSION_CHECK_S:
+                        if not await auth.session_alive(request):
+                            log.info("event stream ended: its session is over")
+                            break
+                        checked = time.monotonic()
                     event = await sub.get(timeout=POLL_S)
                     if event is None:
                         quiet += POLL_S

@@ -8,31 +8,54 @@ import asyncio
 import importlib.metadata
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from edge.box import Box
 
 MAX_BODY = 16 * 1024  # a kiosk request is a code and a note: anything bigger is not ours
 M = TypeVar("M", bound=BaseModel)
+LaneName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class NoBody(BaseModel):
+    """A POST that takes nothing (an empty body, or `{}`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def fail(status: int, zh: str, en: str) -> HTTPException:
     return HTTPException(status, f"{zh} / {en}", headers={"Cache-Control": "no-store"})
 
 
-async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+def shown_name(name: str) -> str:
+    """A name from the URL, safe to echo in an error (short, printable)."""
+    text = name[:64]
+    return text if text.isprintable() else repr(text)
+
+
+def _too_large(limit: int) -> HTTPException:
+    return fail(413, "请求过大", f"request body over {limit} bytes")
+
+
+async def read_body(
+    request: Request,
+    limit: int = MAX_BODY,
+    too_large: Callable[[int], HTTPException] = _too_large,
+) -> bytes:
+    """The body, read no further than `limit` bytes (a lying Content-Length too); over it
+    `too_large(limit)` is raised (the login's own error shape passes its own)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
-        raise fail(413, "请求过大", f"request body over {limit} bytes")
+        raise too_large(limit)
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > limit:
-            raise fail(413, "请求过大", f"request body over {limit} bytes")
+            raise too_large(limit)
     return bytes(data)
 
 

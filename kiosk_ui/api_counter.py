@@ -10,9 +10,9 @@ from the lane's own scanner (`Lane.submit`): same queue, same decision, the same
 # No `from __future__ import annotations`: FastAPI reads the route signatures, whose
 # Depends(...) refer to locals of the router builder.
 
-import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,21 +22,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edge import shifts
 from edge.decision import iso
 from edge.errors import EdgeError, NotFound
-from edge.lane_text import display_line
+from edge.lane_hold import ConfirmGone
 from edge.rules import zone_info
-from kiosk_ui.api_base import body_schema, fail, json_body
+from edge.spool_db import PENDING
+from kiosk_ui.api_base import LaneName, body_schema, fail, json_body
 from kiosk_ui.users import Role, User
 
 if TYPE_CHECKING:
     from edge.box import Box
     from edge.lanes import Lane
+    from edge.ledger import Redemption
     from edge.service import RedemptionService
     from kiosk_ui.auth_api import KioskAuth
 
 log = logging.getLogger(__name__)
 
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{32}$", description="32 hex digits")]
-LaneName = Annotated[str, Field(min_length=1, max_length=64)]
+# A receipt job still waiting for (or on) its printer: it prints anyway, a reprint would be twice.
+WAITING = (*PENDING, "sending")
 
 
 class ScanIn(BaseModel):
@@ -76,6 +79,9 @@ class ReceiptIn(BaseModel):
 class CloseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: Annotated[str, Field(max_length=500)] = ""
+    # The shift the screen shows: closed only if it is still the open one (two screens closing
+    # at once close one shift, not two). Without it: whichever is open.
+    shift_id: Annotated[int, Field(ge=1)] | None = None
 
 
 def router(box: "Box", auth: "KioskAuth") -> APIRouter:
@@ -128,34 +134,26 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
     ) -> dict[str, Any]:
         """The confirming tap: redeem the code now (a voucher after its `confirm`: its code, or
         the event's `confirm_token` when the lane's own scanner read it)."""
-        service, lane = svc(), counter_lane(body.lane)
-        code = body.code
-        if body.confirm_token is not None:
-            code = lane.held_code(body.confirm_token)
-            if code is None:
+        svc()
+        lane = counter_lane(body.lane)
+        rid = bytes.fromhex(body.redemption_id) if body.redemption_id else None
+        actor = {"actor": user.name}
+        if body.code is not None:
+            out = await lane.redeem_code(body.code, rid, source="kiosk", extra=actor)
+        else:
+            assert body.confirm_token is not None
+            try:
+                out = await lane.redeem_held(body.confirm_token, rid, source="kiosk", extra=actor)
+            except ConfirmGone as err:
                 raise fail(
                     409,
-                    "确认已过期，请重新扫码",
-                    f"this confirm has expired (or is for another lane than {lane.name}): "
-                    "scan the code again",
-                )
-        assert code is not None
-        rid = bytes.fromhex(body.redemption_id) if body.redemption_id else None
-        async with lane.turn:  # in turn with the lane's scanner
-            d = await box.db.call(service.redeem, code, lane.name, redemption_id=rid)
-            box.observe(lane.name, d, None)
-        if d.admit:
-            await note_actor(d.redemption_id, user)
-            await box.occupancy_changed()
-        zh, en = display_line(d.reason)
-        out = d.to_json() | {
-            "source": "kiosk",
-            "line_zh": zh,
-            "line_en": en,
-            "needs_confirm": False,
-            "actor": user.name,
-        }
-        return lane._publish(out)
+                    "确认已失效，请重新扫码",
+                    f"this confirm has expired, was used already or is for another lane than "
+                    f"{lane.name}: scan the code again",
+                ) from err
+        if out.get("decision") == "admit":
+            await note_actor(out.get("redemption_id"), user)
+        return out
 
     @r.get("/recent")
     async def recent(
@@ -202,8 +200,12 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         if any(lane.inflight == rid_hex for lane in box.lanes.values()):
             raise fail(409, "游客正在通过闸机，请稍候", "the visitor is in the gate right now")
         why = body.why.strip() or "undone at the counter / 柜台撤销"
-        done = await box.db.call(service.void, rid, f"{why} ({user.name})")
-        await box.audit(user.name, "void", rid_hex, why)
+
+        def void_audited(audit: Callable[[str, str], None]) -> "Redemption":
+            # The void and its audit entry commit together (one transaction).
+            return service.void(rid, f"{why} ({user.name})", then=lambda: audit(rid_hex, why))
+
+        done = await box.audited(void_audited, user.name, "void")
         await box.occupancy_changed()
         box.bus.publish("shift", change="void", redemption_id=rid_hex, actor=user.name)
         return done.as_json()
@@ -212,11 +214,14 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
     async def receipt(
         user: Annotated[User, cashier], body: Annotated[ReceiptIn, Depends(json_body(ReceiptIn))]
     ) -> dict[str, Any]:
-        """Print the redemption's receipt on the receipt printer; again: a marked reprint."""
+        """Print the redemption's receipt on the receipt printer; again: a marked reprint
+        (audited `reprint`). A voided redemption gets no receipt."""
         service, rid_hex = svc(), body.redemption_id.lower()
         red = await box.db.call(service.ledger.get, bytes.fromhex(rid_hex))
         if red is None:
             raise fail(404, "查无此核销记录", f"no redemption {rid_hex}")
+        if red.state == "voided":
+            raise fail(409, "该核销已撤销，不能打印凭证", "this redemption was voided: no receipt")
         spool = box.spool
         if spool is None or not box.config.printing.receipt:
             raise fail(
@@ -233,14 +238,20 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         }
         job_id = f"redemption-{rid_hex}"
         try:
-            if await spool.job(job_id) is None:
+            first = await spool.job(job_id)
+            if first is None:  # the same id twice at once: the spool keeps one job
                 return await spool.submit("redemption", data, target="receipt", job_id=job_id)
-            return await spool.reprint(job_id, user.name)
-        except NotFound:  # printed so long ago that the spool pruned it: a new job
-            return await spool.submit("redemption", data, target="receipt")
-        except ValueError:  # still waiting for its printer: it prints anyway
-            job = await spool.job(job_id)
-            return (job or {}) | {"already_queued": True}
+            if first["state"] in WAITING:  # it prints anyway
+                return first | {"already_queued": True}
+            try:
+                job = await spool.reprint(job_id, user.name)
+            except NotFound:  # printed so long ago that the spool pruned it: a new job
+                job = await spool.submit("redemption", data, target="receipt")
+        except (ValueError, EdgeError) as err:  # a bad template or target, an id conflict
+            log.error("receipt for %s not queued: %s", rid_hex, err)
+            raise fail(409, f"无法打印凭证：{err}", f"cannot print the receipt: {err}") from err
+        await box.audit(user.name, "reprint", job_id, f"receipt again: job {job['id']}")
+        return job
 
     @r.get("/shift")
     async def shift(_: Annotated[User, cashier]) -> dict[str, Any]:
@@ -256,10 +267,21 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         the receipt printer; a new shift opens. A slip that cannot be queued does not undo the
         close: the answer says why (`print_error`)."""
         service = svc()
-        summary = await box.db.call(shifts.close, service, user.name, body.note, time.time())
+
+        def close_audited(audit: Callable[[str, str], None]) -> dict[str, Any]:
+            return shifts.close(
+                service, user.name, body.note, time.time(), shift_id=body.shift_id, audit=audit
+            )
+
+        try:
+            summary = await box.audited(close_audited, user.name, "shift_close")
+        except shifts.ShiftNotOpen as err:
+            raise fail(
+                409,
+                f"班次 {err.shift_id} 已交班（当前班次 {err.open_id}），请刷新",
+                f"shift {err.shift_id} is closed already (the open one is {err.open_id}): reload",
+            ) from err
         sid = summary["shift_id"]
-        detail = {k: summary[k] for k in ("admits", "denies", "voids", "opened_at", "closed_at")}
-        await box.audit(user.name, "shift_close", f"shift {sid}", json.dumps(detail))
         job: dict[str, Any] | None = None
         error = None
         try:

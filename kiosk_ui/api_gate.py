@@ -1,5 +1,5 @@
 """Kiosk API, gate supervisor: the lanes live, deny counts, zones, manual open, force admit and
-emergency free passage (all under /api/v1/kiosk; see /tmp/notes/kiosk_contract.md, docs/kiosk.md).
+emergency free passage (all under /api/v1/kiosk; see docs/kiosk.md "API").
 
 Every action is the box's own (edge/box.py: manual_open, force_admit, set_emergency), audited
 with the session's user as actor, never a name from the body. Free passage also needs the user's
@@ -10,6 +10,7 @@ clear the hardware fire input: the answer and the overview say when a fire alarm
 # No `from __future__ import annotations`: FastAPI reads the route signatures, whose
 # Depends(...) refer to this module's locals.
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,10 +18,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge import denies
 from edge.devices import DeviceDown
 from edge.errors import Stopping
-from edge.rules import Reason
-from kiosk_ui.api_base import body_schema, fail, json_body
+from kiosk_ui.api_base import LaneName, body_schema, fail, json_body, shown_name
 from kiosk_ui.users import Role, User
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Note = Annotated[str, Field(max_length=500)]
-LaneName = Annotated[str, Field(min_length=1, max_length=64)]
 FIRE_LINE = (
     "消防报警有效：闸机保持常开，本界面无法解除",
     "fire alarm active: the gates stay open; it cannot be cleared from here",
@@ -58,12 +58,6 @@ class EmergencyIn(BaseModel):
     note: Note = ""
 
 
-def _shown(name: str) -> str:
-    """A name from the URL, safe to echo in an error (short, printable)."""
-    text = name[:64]
-    return text if text.isprintable() else repr(text)
-
-
 @contextmanager
 def _gate_errors() -> Iterator[None]:
     """The box's refusals in the kiosk's words; anything a driver raises is left to the HTTP
@@ -85,7 +79,7 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
 
     def lane_or_404(name: str) -> None:
         if name not in box.lanes:
-            shown = _shown(name)
+            shown = shown_name(name)
             raise fail(404, f"没有名为 {shown} 的通道", f"no lane named {shown}")
 
     def fire_lanes() -> list[str]:
@@ -103,26 +97,19 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
             out |= {"fire_zh": FIRE_LINE[0], "fire_en": FIRE_LINE[1]}
         return out
 
-    def deny_counts() -> dict[str, dict[str, int]]:
-        """Denies since the box started, per lane and reason (the decisions metric)."""
-        out: dict[str, dict[str, int]] = {}
-        for name in box.lanes:
-            counts = {
-                str(r): int(box.m_decisions.value(lane=name, reason=str(r)))
-                for r in Reason
-                if r is not Reason.OK
-            }
-            out[name] = {r: n for r, n in counts.items() if n > 0}
-        return out
-
     @api.get("/gate/overview")
     async def overview(user: Supervisor) -> dict[str, Any]:
-        """Lanes (last decision, fire, emergency), deny counts by lane and reason, occupancy per
-        zone against its thresholds, and whether free passage or a fire alarm is on."""
+        """Lanes (last decision, fire, emergency), today's deny counts by lane and reason (the
+        site's business day, `deny_day`; kept in the ledger), occupancy per zone against its
+        thresholds, and whether free passage or a fire alarm is on."""
+        if box.svc is None:
+            raise fail(503, "网关正在停止", "the gateway is stopping")
         await box.refresh_stats()
+        day, counts = await box.db.call(denies.today, box.svc, time.time())
         return {
             "lanes": box.lanes_json(),
-            "deny_counts": deny_counts(),
+            "deny_counts": {name: counts.get(name, {}) for name in box.lanes},
+            "deny_day": day,
             "zones": [z.to_json() for z in box.zones],
             **gate_state(),
         }
@@ -137,7 +124,7 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         fire alarm nothing is sent (the gate is open anyway): `passed` 0, `fire` true."""
         lane_or_404(lane)
         if box.lanes[lane].gate is None:
-            shown = _shown(lane)
+            shown = shown_name(lane)
             raise fail(409, f"通道 {shown} 没有闸机", f"lane {shown} has no gate")
         with _gate_errors():
             out = await box.manual_open(lane, user.name, body.persons, body.note)

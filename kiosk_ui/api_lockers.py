@@ -1,5 +1,5 @@
 """Kiosk API, the locker wall: every bank's grid, deposit (cashier), open a door and re-send a
-pickup code (supervisor). Under /api/v1/kiosk; see /tmp/notes/kiosk_contract.md.
+pickup code (supervisor). Under /api/v1/kiosk; see docs/kiosk.md "API".
 
 The work is the box's (edge/lockers.py LockerBank): a deposit opens a free compartment, waits for
 the staff to close it (up to the bank's door_close_timeout_s), mints the pickup code and prints
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge.errors import Stopping
 from edge.lockers import DoorNotClosed, LockerBank, LockerError, LockerFull, LockerUnavailable
-from kiosk_ui.api_base import body_schema, fail, json_body
+from kiosk_ui.api_base import NoBody, body_schema, fail, json_body, shown_name
 from kiosk_ui.users import Role, User
 
 if TYPE_CHECKING:
@@ -38,15 +38,6 @@ class DepositIn(BaseModel):
 class OpenDoorIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     why: Annotated[str, Field(min_length=1, max_length=500)]
-
-
-class NoBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _shown(name: str) -> str:
-    text = name[:64]
-    return text if text.isprintable() else repr(text)
 
 
 @contextmanager
@@ -81,14 +72,14 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
     def bank_or_404(name: str) -> LockerBank:
         bank = box.lockers.get(name)
         if bank is None:
-            shown = _shown(name)
+            shown = shown_name(name)
             raise fail(404, f"没有名为 {shown} 的柜机", f"no locker bank named {shown}")
         return bank
 
     def door_or_404(bank: LockerBank, name: str, door: str) -> int:
         n = int(door) if door.isascii() and door.isdigit() and len(door) <= 6 else None
         if n is None or n not in bank.size_of:
-            shown, first, last = _shown(door), bank.doors[0], bank.doors[-1]
+            shown, first, last = shown_name(door), bank.doors[0], bank.doors[-1]
             raise fail(
                 404,
                 f"柜机 {name} 没有 {shown} 号门（{first}-{last}）",
@@ -116,8 +107,8 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
             sizes = ", ".join(target.cfg.sizes)
             raise fail(
                 422,
-                f"柜机 {bank} 没有 {_shown(body.size)} 尺寸（可选：{sizes}）",
-                f"locker {bank} has no size {_shown(body.size)} (sizes: {sizes})",
+                f"柜机 {bank} 没有 {shown_name(body.size)} 尺寸（可选：{sizes}）",
+                f"locker {bank} has no size {shown_name(body.size)} (sizes: {sizes})",
             )
         with _locker_errors(bank):
             return await target.deposit(body.order_no, body.size, user.name)

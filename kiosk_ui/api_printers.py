@@ -1,6 +1,6 @@
 """Kiosk API, printers (supervisor): each printer's state and queue, the jobs held and why (paper
-out, cover open), reprint (audited) and a test page. Under /api/v1/kiosk; see
-/tmp/notes/kiosk_contract.md.
+out, cover open), reprint (audited) and a test page. Under /api/v1/kiosk; see docs/kiosk.md
+"API".
 
 The print spool (edge/spool.py) does the work: a held job waits for its printer and prints by
 itself once the printer is ready again (paper loaded), so there is no "retry" button; a reprint
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.errors import NotFound
 from edge.rules import zone_info
 from edge.spool import PrintSpool
-from kiosk_ui.api_base import body_schema, fail, json_body
+from kiosk_ui.api_base import NoBody, body_schema, fail, json_body, shown_name
 from kiosk_ui.users import Role, User
 
 if TYPE_CHECKING:
@@ -43,15 +43,6 @@ NOT_ANSWERING = "打印机无响应，请检查电源和连接 / printer not ans
 class ReprintIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     why: Annotated[str, Field(max_length=500)] = ""
-
-
-class NoBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _shown(name: str) -> str:
-    text = name[:64]
-    return text if text.isprintable() else repr(text)
 
 
 def _problem_hint(problem: str) -> str:
@@ -118,7 +109,7 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         """Print a finished (printed, failed, uncertain) job again as a new job with a REPRINT
         banner; audited with the user as actor."""
         sp = spool()
-        shown = _shown(job_id)
+        shown = shown_name(job_id)
         if len(job_id) > 64:
             raise fail(404, f"没有打印任务 {shown}", f"no print job {shown}")
         try:
@@ -139,7 +130,7 @@ def router(box: "Box", auth: "KioskAuth") -> APIRouter:
         """Queue the test page (Chinese text, large print, a QR code) on that printer."""
         sp = spool()
         if name not in sp.printers:
-            shown = _shown(name)
+            shown = shown_name(name)
             raise fail(404, f"没有名为 {shown} 的打印机", f"no printer named {shown}")
         tz = zone_info(box.svc.view.site_clock.timezone) if box.svc is not None else None
         when = datetime.now(tz).strftime("%Y-%m-%d %H:%M:%S")

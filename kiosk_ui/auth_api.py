@@ -23,6 +23,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.runner import Runner
+from kiosk_ui.api_base import read_body
 from kiosk_ui.sessions import Lockout, Session, SessionStore
 from kiosk_ui.users import (
     Role,
@@ -116,16 +118,20 @@ def _origin(url: str) -> str | None:
     return f"{u.scheme}://{host}:{port}"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise _error(413, "too_large", "请求过大", f"request body over {limit} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise _error(413, "too_large", "请求过大", f"request body over {limit} bytes")
-    return bytes(data)
+def _too_large(limit: int) -> HTTPException:
+    return _error(413, "too_large", "请求过大", f"request body over {limit} bytes")
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The outcome of one PIN check: `lock` is the lockout a failure started ("", 0 when
+    none); `why` says what was wrong (unknown_user, disabled, wrong_pin)."""
+
+    user: User | None
+    pin_hash: str | None
+    ok: bool
+    why: str
+    lock: tuple[str, float]
 
 
 class KioskAuth:
@@ -195,37 +201,28 @@ class KioskAuth:
 
         return dependency
 
+    async def session_alive(self, request: Request) -> bool:
+        """Whether the request's session is still live (not logged out, expired or disabled);
+        asking does not renew it. A long-lived response (the event stream) asks again and
+        again, so it ends with its session."""
+        session, _ = await self._db.call(
+            self.store.lookup, request.cookies.get(COOKIE, ""), touch=False
+        )
+        return session is not None
+
     async def verify_user_pin(self, user_name: str, pin: str, request: Request) -> bool:
         """The logged-in user's PIN asked again before a grave action (free passage). Counted
         and locked exactly like a login (a stolen session cannot guess on): False for a wrong
-        PIN, HTTP 429 `locked` while or once locked; a good PIN resets the name's count."""
-        addr = request.client.host if request.client else "unknown"
+        PIN, HTTP 429 `locked` while or once locked (even for the right PIN); a good PIN resets
+        the name's count."""
         try:
             name = normalize_name(user_name)
         except UserError:
             return False
-
-        def before() -> tuple[User, str] | None:
-            self.store.check_locks(name, addr)
-            return self.store.users.get(name)
-
-        try:
-            found = await self._db.call(before)
-        except Lockout as lock:
-            raise _locked(lock) from None
-        user, pin_hash = found if found is not None else (None, None)
-        async with self._lock():
-            good = await self._kdf.call(self._verify, pin, pin_hash)
-        if user is not None and not user.disabled and good:
-            await self._db.call(self.store.record_success, name)
-            return True
-        started = await self._db.call(self.store.record_failure, name, addr)
-        role = user.role if user else None
-        await self._audit("pin_check_failed", name, role, request, path=request.url.path)
-        if started[1]:
-            await self._audit("lockout", name, role, request, scope=started[0], locked_s=started[1])
-            raise _locked(started)
-        return False
+        checked = await self._check_pin(name, pin, request)
+        if not checked.ok:
+            await self._failed("pin_check_failed", name, checked, request, path=request.url.path)
+        return checked.ok
 
     # --- the routes -----------------------------------------------------------------------
 
@@ -246,7 +243,7 @@ class KioskAuth:
         async def login(request: Request, response: Response) -> SessionOut:
             """Log in with name and PIN: sets the session cookie, returns the CSRF token."""
             self._check_origin(request)
-            raw = await _read_body(request, MAX_LOGIN_BODY)
+            raw = await read_body(request, MAX_LOGIN_BODY, _too_large)
             try:
                 body = LoginIn.model_validate_json(raw)
                 name = normalize_name(body.name)
@@ -262,16 +259,7 @@ class KioskAuth:
                 ) from err
             except UserError as err:
                 raise _error(422, "malformed", err.zh, err.en) from err
-            if self._waiting >= self.max_waiting:
-                raise _error(
-                    503, "busy", "登录请求过多，请稍后再试", "too many logins at once: retry"
-                )
-            self._waiting += 1
-            try:
-                async with self._lock():
-                    session, sid = await self._attempt(name, body.pin, request)
-            finally:
-                self._waiting -= 1
+            session, sid = await self._attempt(name, body.pin, request)
             response.set_cookie(
                 COOKIE,
                 sid,
@@ -328,30 +316,56 @@ class KioskAuth:
         """On the KDF thread. An unknown name costs the same scrypt as a known one."""
         return verify_pin(pin, pin_hash if pin_hash is not None else self._dummy.result())
 
-    async def _attempt(self, name: str, pin: str, request: Request) -> tuple[Session, str]:
+    async def _check_pin(self, name: str, pin: str, request: Request) -> _Checked:
+        """One PIN check, for a login and for a PIN asked again: the lock check, the KDF and
+        the count of the outcome all run under the one PIN lock, so a burst of guesses is
+        checked one by one (the lockout stops it after the threshold) and a right PIN that
+        queued behind them meets the lockout instead of clearing it. HTTP 429 when locked,
+        503 `busy` when too many checks wait already."""
+        if self._waiting >= self.max_waiting:
+            raise _error(503, "busy", "登录请求过多，请稍后再试", "too many logins at once: retry")
         addr = request.client.host if request.client else "unknown"
 
         def before() -> tuple[User, str] | None:
             self.store.check_locks(name, addr)
             return self.store.users.get(name)
 
+        self._waiting += 1
         try:
-            found = await self._db.call(before)
-        except Lockout as lock:
-            log.info("login refused while locked: %s (%s)", name, lock)
-            raise _locked(lock) from None
-        user, pin_hash = found if found is not None else (None, None)
-        good = await self._kdf.call(self._verify, pin, pin_hash)
-        if user is None or user.disabled or not good:
-            why = "unknown_user" if user is None else "disabled" if user.disabled else "wrong_pin"
-            started = await self._db.call(self.store.record_failure, name, addr)
-            role = user.role if user else None
-            await self._audit("login_failed", name, role, request, why=why)
-            if started[1]:
-                await self._audit(
-                    "lockout", name, role, request, scope=started[0], locked_s=started[1]
-                )
-                raise _locked(started)
+            async with self._lock():
+                try:
+                    found = await self._db.call(before)
+                except Lockout as locked:
+                    log.info("PIN of %s not checked while locked (%s)", name, locked)
+                    raise _locked(locked) from None
+                user, pin_hash = found if found is not None else (None, None)
+                good = await self._kdf.call(self._verify, pin, pin_hash)
+                if user is not None and not user.disabled and good:
+                    await self._db.call(self.store.record_success, name)
+                    return _Checked(user, pin_hash, True, "", ("", 0.0))
+                started = await self._db.call(self.store.record_failure, name, addr)
+        finally:
+            self._waiting -= 1
+        why = "unknown_user" if user is None else "disabled" if user.disabled else "wrong_pin"
+        return _Checked(user, pin_hash, False, why, started)
+
+    async def _failed(
+        self, action: str, name: str, checked: _Checked, request: Request, **extra: Any
+    ) -> None:
+        """Audit a wrong PIN; raise HTTP 429 when it started a lockout (audited too)."""
+        role = checked.user.role if checked.user else None
+        await self._audit(action, name, role, request, **extra)
+        if checked.lock[1]:
+            scope, seconds = checked.lock
+            await self._audit("lockout", name, role, request, scope=scope, locked_s=seconds)
+            raise _locked(checked.lock)
+
+    async def _attempt(self, name: str, pin: str, request: Request) -> tuple[Session, str]:
+        addr = request.client.host if request.client else "unknown"
+        checked = await self._check_pin(name, pin, request)
+        user, pin_hash = checked.user, checked.pin_hash
+        if user is None or not checked.ok:
+            await self._failed("login_failed", name, checked, request, why=checked.why)
             raise _error(401, "bad_credentials", "用户名或PIN错误", "wrong name or PIN")
         try:  # a login the audit log cannot record does not happen
             await self._audit("login", user.name, user.role, request, strict=True)
@@ -365,7 +379,6 @@ class KioskAuth:
             ) from err
 
         def succeed() -> tuple[str, Session]:
-            self.store.record_success(name)
             self.store.prune()
             return self.store.create(user, addr)
 

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import logging
+import os
 import re
 import ssl
 import stat
@@ -210,6 +211,21 @@ def login_cookie(addr: tuple[str, int], ctx: ssl.SSLContext) -> str:
         return resp.getheader("set-cookie") or ""
     finally:
         conn.close()
+
+
+def test_the_key_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """A link planted where the key's temporary file goes (a stale one, or one guessed from the
+    process id) is never followed: the key is written only into a new owner-only file."""
+    state, victim = tmp_path / "state", tmp_path / "victim"
+    state.mkdir()
+    victim.write_bytes(b"someone else's file")
+    for name in (f".{KEY_NAME}.tmp", f".{KEY_NAME}.{os.getpid()}.tmp"):
+        (state / name).symlink_to(victim)
+    ensure_self_signed(state, "box-1", "site-a")
+    assert victim.read_bytes() == b"someone else's file"
+    assert stat.S_IMODE((state / KEY_NAME).stat().st_mode) == 0o600
+    assert not (state / KEY_NAME).is_symlink()
+    assert not (state / f".{KEY_NAME}.tmp").exists()  # the stale one is gone
 
 
 def test_daemon_serves_https_with_its_own_certificate(

@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.cookiejar import CookieJar
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from kiosk_ui.users import Role, UserStore, open_kiosk_db
-from tests.daemon_kit import Running, Site, make_site, printed, running, scanner
+from edge import shifts
+from kiosk_ui import api as kiosk_api
+from sync.hub.issuer import BundleContent, ShortCodeSpec, random_short_code
+from tests.conftest import NOW
+from tests.conftest import Box as SvcBox
+from tests.daemon_kit import HOUR, SITE, Running, Site, make_site, printed, running, scanner
+from tests.kiosk_kit import KIOSK, Client, add_users
 
-KIOSK = "/api/v1/kiosk"
-USERS = {
-    "cashier1": (Role.CASHIER, "2580"),
-    "super1": (Role.SUPERVISOR, "135790"),
-    "tech1": (Role.TECHNICIAN, "246802"),
-}
 WINDOW_S = 4  # the site's void window: short, so the test can outlive it
 DESK = """
 [lanes.desk]
@@ -35,51 +33,6 @@ kind = "counter"
 list = "default"
 scanner = "desk-scanner"
 """
-
-
-class Client:
-    """One browser: its own cookie jar and the session's CSRF token."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.jar = CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        self.csrf = ""
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.csrf:
-            headers["X-CSRF-Token"] = self.csrf
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with self.opener.open(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, json.loads(err.read() or b"null")
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self.call("GET", KIOSK + path)
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        return self.call("POST", KIOSK + path, body, **kw)
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, doc = self.call(method, KIOSK + path, body)
-        assert status == 200, (path, status, doc)
-        return doc
-
-    def login(self, name: str) -> Client:
-        status, doc = self.call("POST", "/api/v1/session", {"name": name, "pin": USERS[name][1]})
-        assert status == 200, doc
-        self.csrf = doc["csrf_token"]
-        return self
-
-    def cookie(self) -> str:
-        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
 
 
 @contextmanager
@@ -142,12 +95,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Run
     toml.write_text(
         toml.read_text().replace("[policy]\n", f"[policy]\nvoid_window_s = {WINDOW_S}\n")
     )
-    conn = open_kiosk_db(site.home)
-    try:
-        for name, (role, pin) in USERS.items():
-            UserStore(conn).add(name, role, pin)
-    finally:
-        conn.close()
+    add_users(site.home, ("cashier1", "super1", "tech1"))
     with running(site, kiosk=True) as d:
         watcher = Client(d.daemon.url).login("cashier1")
         with sse(d, watcher) as stream:
@@ -243,11 +191,66 @@ def test_the_counter_scanner_shows_on_the_event_stream(
         cashier.ok("POST", "/counter/redeem", tap)
         seen = next_event(stream, "decision", lane="desk", source="kiosk")
         assert (seen["decision"], seen["product_name"]) == ("admit", "茶 Tea")
-    assert cashier.ok("POST", "/counter/redeem", tap)["reason"] == "already_used"
-    status, doc = cashier.post("/counter/redeem", tap | {"lane": "counter"})
+    status, doc = cashier.post("/counter/redeem", tap)  # one tap per confirm
     assert status == 409 and "scan the code again" in doc["detail"]
+    assert cashier.post("/counter/redeem", tap | {"lane": "counter"})[0] == 409
     status, doc = cashier.post("/counter/redeem", {"confirm_token": token, "code": voucher})
     assert status == 422 and "either code or confirm_token" in doc["detail"]
+
+
+def multi_entry_voucher(site: Site, d: Running, entries: int) -> str:
+    """A voucher good for `entries` uses, brought in by a delta bundle."""
+    code = random_short_code(12)
+    spec = ShortCodeSpec(
+        code,
+        secrets.token_bytes(16),
+        "tea",
+        int(site.now - HOUR),
+        int(site.now + 9 * HOUR),
+        entries=entries,
+    )
+    site.hub.mint_short(SITE, spec)
+    delta = site.root / f"delta-{code}.bundle"
+    site.hub.write_bundle(SITE, delta, BundleContent(short_codes=[spec]), snapshot=False)
+    d.run(d.box.import_bundle(delta))
+    return code
+
+
+def test_a_confirm_token_redeems_once(daemon: tuple[Site, Running], cashier: Client) -> None:
+    site, d = daemon
+    voucher = multi_entry_voucher(site, d, entries=3)
+    doc = cashier.ok("POST", "/counter/scan", {"code": voucher, "lane": "desk"})
+    assert doc["decision"] == "confirm" and doc["remaining"] == 2, doc  # left after this one
+    before = outbox_types(d).count("redemption")
+    tap = {"confirm_token": doc["confirm_token"], "lane": "desk"}
+    rid = secrets.token_hex(16)
+    first = cashier.ok("POST", "/counter/redeem", tap | {"redemption_id": rid})
+    assert (first["decision"], first["redemption_id"], first["remaining"]) == ("admit", rid, 2)
+    # The same tap again (a lost answer): its recorded outcome, not a second admit.
+    assert cashier.ok("POST", "/counter/redeem", tap | {"redemption_id": rid}) == first
+    # The token replayed (the same body three times, another tap): refused.
+    replays = [cashier.post("/counter/redeem", tap)[0] for _ in range(3)]
+    other = cashier.post("/counter/redeem", tap | {"redemption_id": secrets.token_hex(16)})
+    assert replays == [409, 409, 409] and other[0] == 409
+    assert outbox_types(d).count("redemption") == before + 1
+    again = cashier.ok("POST", "/counter/scan", {"code": voucher, "lane": "desk"})
+    assert (again["decision"], again["remaining"]) == ("confirm", 1)
+
+
+def test_the_event_stream_ends_with_its_session(
+    daemon: tuple[Site, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, d = daemon
+    monkeypatch.setattr(kiosk_api, "SESSION_CHECK_S", 0.5)  # a quicker test; 5 s in service
+    tablet = Client(d.daemon.url).login("cashier1")
+    with sse(d, tablet, "decision") as stream:
+        assert tablet.call("DELETE", "/api/v1/session")[0] == 204
+        time.sleep(1.5)
+        d.scan("counter", "after logout")
+        rest = b""
+        while line := stream.readline():  # the server ends it (a timeout here fails)
+            rest += line
+    assert b"after logout" not in rest and b"event: decision" not in rest
 
 
 def test_recent_and_undo_within_the_window(
@@ -283,7 +286,9 @@ def test_recent_and_undo_within_the_window(
     assert audits(d, "void")[0]["actor"] == "super1"
 
 
-def test_a_receipt_prints_and_reprints(daemon: tuple[Site, Running], cashier: Client) -> None:
+def test_a_receipt_prints_and_reprints(
+    daemon: tuple[Site, Running], cashier: Client, sup: Client
+) -> None:
     site, d = daemon
     rid = cashier.ok("POST", "/counter/scan", {"code": site.ticket()})["redemption_id"]
     job = cashier.ok("POST", "/counter/receipt", {"redemption_id": rid})
@@ -293,8 +298,15 @@ def test_a_receipt_prints_and_reprints(daemon: tuple[Site, Running], cashier: Cl
     d.wait(lambda: _printed(d, job["id"]), what="the job printed")
     again = cashier.ok("POST", "/counter/receipt", {"redemption_id": rid})
     assert again["id"] != job["id"] and again["reprint_of"] == job["id"]
+    entry = audits(d, "reprint")[0]  # a reprint is audited, as on the printers screen
+    assert (entry["actor"], entry["target"]) == ("cashier1", job["id"])
     status, doc = cashier.post("/counter/receipt", {"redemption_id": "0" * 32})
     assert status == 404 and "no redemption" in doc["detail"]
+    # A voided redemption gets no receipt (nor a reprint).
+    sup.ok("POST", "/counter/void", {"redemption_id": rid})
+    status, doc = cashier.post("/counter/receipt", {"redemption_id": rid})
+    assert status == 409 and "voided" in doc["detail"] and "撤销" in doc["detail"], doc
+    assert len(audits(d, "reprint")) == 1
 
 
 def _printed(d: Running, job_id: str) -> bool:
@@ -347,6 +359,66 @@ def test_the_shift_summary_and_its_close(
     new = cashier.ok("GET", "/counter/shift")
     assert new["shift_id"] == doc["shift_id"] + 1
     assert (new["admits"], new["denies"], new["voids"], new["by_product"]) == (0, 0, 0, [])
+
+
+def test_two_screens_closing_the_same_shift_close_it_once(
+    daemon: tuple[Site, Running], cashier: Client, sup: Client
+) -> None:
+    _, d = daemon
+    shown = cashier.ok("GET", "/counter/shift")["shift_id"]
+    closed = outbox_types(d).count("shift_closed")
+    body = {"shift_id": shown, "note": "end of day"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda c: c.post("/counter/shift/close", body), (cashier, sup)))
+    assert sorted(s for s, _ in answers) == [200, 409], answers
+    refused = next(doc for s, doc in answers if s == 409)["detail"]
+    assert f"shift {shown}" in refused and "班次" in refused
+    assert outbox_types(d).count("shift_closed") == closed + 1
+    assert cashier.ok("GET", "/counter/shift")["shift_id"] == shown + 1
+    status, _ = cashier.post("/counter/shift/close", {"shift_id": shown})  # a stale screen
+    assert status == 409 and cashier.ok("GET", "/counter/shift")["shift_id"] == shown + 1
+
+
+def test_a_void_never_commits_without_its_audit_entry(
+    daemon: tuple[Site, Running], sup: Client
+) -> None:
+    site, d = daemon
+    assert d.box.svc is not None
+    ledger = d.box.svc.ledger
+    rid = sup.ok("POST", "/counter/scan", {"code": site.ticket()})["redemption_id"]
+    d.run(d.box.db.call(ledger.conn.execute, "ALTER TABLE audit RENAME TO audit_away"))
+    try:  # the audit log cannot be written (a full disk, a crash at that moment)
+        status, _ = sup.post("/counter/void", {"redemption_id": rid})
+    finally:
+        d.run(d.box.db.call(ledger.conn.execute, "ALTER TABLE audit_away RENAME TO audit"))
+    assert status == 500
+    red = d.run(d.box.db.call(ledger.get, bytes.fromhex(rid)))
+    assert red is not None and red.state == "confirmed"  # not voided either
+    assert sup.ok("POST", "/counter/void", {"redemption_id": rid})["state"] == "voided"
+    assert audits(d, "void")[0]["target"] == rid
+
+
+def test_the_first_shift_covers_what_came_before_it(box: SvcBox) -> None:
+    """Admits never open a shift: the first one reaches back to them."""
+    svc = box.service()
+    svc.import_bundle(box.snapshot())
+    for i in range(3):
+        assert svc.redeem(box.ticket()[0], "counter", at=NOW + i).admit
+    closed = shifts.close(svc, "cashier1", "", NOW + 60)
+    assert (closed["admits"], closed["opened_ts"]) == (3, NOW)
+    assert shifts.current(svc, NOW + 61)["admits"] == 0
+
+
+def test_a_void_counts_in_the_shift_it_was_made_in(box: SvcBox) -> None:
+    svc = box.service()
+    svc.import_bundle(box.snapshot())
+    early = svc.redeem(box.ticket()[0], "counter", at=NOW)
+    assert early.redemption_id is not None
+    first = shifts.close(svc, "cashier1", "", NOW + 60)
+    svc.void(bytes.fromhex(early.redemption_id), "undone", at=NOW + 120)
+    second = shifts.close(svc, "cashier1", "", NOW + 180)
+    assert (first["admits"], first["voids"]) == (1, 0)
+    assert (second["admits"], second["voids"]) == (0, 1)
 
 
 def test_status_is_for_technicians(

@@ -4,19 +4,15 @@ HTTP with a real session cookie and CSRF token, as the browser would."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from http.cookiejar import CookieJar
 from typing import Any
 
 import pytest
 
 from drivers.gate.sim import SimGate
-from kiosk_ui.users import Role, UserStore, open_kiosk_db
+from edge.rules import SiteClock
 from tests.daemon_kit import (
     HOUR,
     Hands,
@@ -29,52 +25,9 @@ from tests.daemon_kit import (
     running,
     turnstile_unlocks,
 )
+from tests.kiosk_kit import KIOSK, Client, add_users
 
-KIOSK = "/api/v1/kiosk"
-USERS = {
-    "cashier1": (Role.CASHIER, "2580"),
-    "super1": (Role.SUPERVISOR, "135790"),
-    "super2": (Role.SUPERVISOR, "246813"),  # locked out on purpose
-}
 FIRE_GATE = "sim://?board=modbus&pass_delay_ms=150&window_s=1.5&fire_input=3"
-
-
-class Client:
-    """One browser: its own cookie jar and the session's CSRF token."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.jar = CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        self.csrf = ""
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.csrf:
-            headers["X-CSRF-Token"] = self.csrf
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with self.opener.open(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, json.loads(err.read() or b"null")
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self.call("GET", KIOSK + path)
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        return self.call("POST", KIOSK + path, body, **kw)
-
-    def login(self, name: str) -> Client:
-        status, doc = self.call("POST", "/api/v1/session", {"name": name, "pin": USERS[name][1]})
-        assert status == 200, doc
-        assert any(c.name == "edge_session" for c in self.jar)
-        self.csrf = doc["csrf_token"]
-        return self
 
 
 def text(detail: Any) -> str:
@@ -114,12 +67,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Run
             "bar": ("printer", "sim://?profile=xp-58&paper=out"),
         },
     )
-    conn = open_kiosk_db(site.home)
-    try:
-        for name, (role, pin) in USERS.items():
-            UserStore(conn).add(name, role, pin)
-    finally:
-        conn.close()
+    add_users(site.home, ("cashier1", "super1", "super2"))  # super2: locked out on purpose
     with running(site, kiosk=True) as d:
         yield site, d
     time.sleep(0.2)
@@ -153,6 +101,13 @@ def test_overview_shows_lanes_zones_and_denies_by_reason(
     assert doc["deny_counts"]["entry"]["not_yet_valid"] == 1
     assert sum(doc["deny_counts"]["entry"].values()) == 2
     assert doc["deny_counts"]["exit"] == {} and "ok" not in doc["deny_counts"]["entry"]
+    assert doc["deny_day"] == SiteClock("Asia/Shanghai", 4).business_day(time.time()).isoformat()
+    # Today's counts are kept in the ledger: a restart of the box (here a reload: new metrics)
+    # keeps them.
+    assert d.api("POST", "/api/v1/config/reload")[0] == 202
+    d.wait(lambda: d.daemon.reloads == 1, timeout=20, what="the box restarted")
+    status, again = sup.get("/gate/overview")
+    assert status == 200 and again["deny_counts"] == doc["deny_counts"], again
     assert doc["lanes"]["entry"]["kind"] == "gate"
     assert doc["lanes"]["entry"]["last"]["decision"] == "deny"
     zone = next(z for z in doc["zones"] if z["zone"] == "main")

@@ -9,12 +9,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from edge.cli import main
@@ -61,6 +62,13 @@ def served(
     @api.get("/counter")
     async def counter(user: Annotated[User, Depends(auth.require(Role.CASHIER))]) -> Any:
         return {"cashier": user.name}
+
+    @api.post("/recheck")  # a grave action that asks for the user's PIN again
+    async def recheck(
+        request: Request, user: Annotated[User, Depends(auth.require(Role.CASHIER))]
+    ) -> Any:
+        pin = (await request.json())["pin"]
+        return {"ok": await auth.verify_user_pin(user.name, pin, request)}
 
     app.include_router(api)
     try:
@@ -323,6 +331,31 @@ def test_lockout_doubles_and_persists(state: Path) -> None:
         assert login(client, "wang", "2580").status_code == 200  # success resets the count
         for _ in range(4):
             assert login(client, "wang", "1111").status_code == 401
+
+
+def test_a_burst_of_wrong_pins_asked_again_is_checked_one_by_one(state: Path) -> None:
+    """The PIN asked again (free passage) is counted like a login: a burst of guesses is
+    checked one at a time, so the lockout stops it after 5, and the right PIN queued behind
+    them meets the lockout instead of clearing it."""
+    audit: list[tuple[str, dict[str, Any]]] = []
+    with served(state, Clock(), audit, max_waiting=16) as client:
+        token = csrf_of(login(client, "li", "139246"))
+
+        def recheck(pin: str) -> Any:
+            return client.post("/api/v1/recheck", json={"pin": pin}, headers=token)
+
+        with ThreadPoolExecutor(13) as pool:
+            burst = [pool.submit(recheck, "000000") for _ in range(12)]
+            time.sleep(0.1)  # the right PIN arrives while the guesses are being checked
+            right = pool.submit(recheck, "139246")
+            answers = [f.result() for f in burst]
+            late = right.result()
+        assert [a for a, _ in audit].count("pin_check_failed") <= 5
+        assert sum(a.status_code == 429 for a in answers) >= 7, [a.text for a in answers]
+        assert not any(a.status_code == 200 and a.json()["ok"] for a in answers)
+        assert late.status_code == 429 and late.json()["detail"]["reason"] == "locked"
+        again = recheck("139246")  # the lockout is still there
+        assert again.status_code == 429 and again.json()["detail"]["retry_after_s"] == 30
 
 
 def test_lockout_caps_and_minutes(state: Path) -> None:

@@ -12,6 +12,7 @@ export function mountSide(root) {
   const closeArea = h("div", { class: "shift-close-area" });
   let rows = [];
   let closing = false;
+  let shownShift = null; // the shift on screen: a close names it (409 if another screen closed it)
   let alive = true;
 
   root.append(
@@ -75,6 +76,7 @@ export function mountSide(root) {
   }
 
   function renderShift(s) {
+    shownShift = s.shift_id ?? null;
     const byProduct = (s.by_product || []).map((p) =>
       h("tr", {}, h("td", {}, p.product_name || p.product), h("td", { class: "num" }, p.count), h("td", { class: "num" }, p.persons ?? "")));
     const byReason = (s.by_reason || []).map((r) =>
@@ -112,8 +114,10 @@ export function mountSide(root) {
   }
 
   async function closeShift(noteText) {
-    const out = await post("/counter/shift/close", noteText ? { note: noteText } : {});
-    if (!out) return;
+    const body = noteText ? { note: noteText } : {};
+    if (shownShift != null) body.shift_id = shownShift;
+    const out = await post("/counter/shift/close", body);
+    if (!out) return refresh();
     closing = false;
     renderClose();
     const job = out.print_job;
