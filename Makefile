@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # systemd and udev: systemd-analyze, -sysusers, -tmpfiles and udevadm lint systemd/ in the tests;
 # Debian's container images leave them out (priority "important", not "required"). cage and
 # xwayland: the kiosk unit's compositor, run headless by tests/test_systemd_run.py.
-APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig mosquitto mosquitto-clients chromium systemd udev cage xwayland
+APT_PACKAGES := libzbar0 fonts-wqy-microhei fontconfig mosquitto mosquitto-clients chromium systemd udev cage xwayland shellcheck
 
 .PHONY: run test lint typecheck layers pytest bench clean system-deps
 
