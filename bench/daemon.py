@@ -48,7 +48,7 @@ from bench.daemon_site import Api, CpuMeter, DaemonProc, Hardware
 from bench.fixture import Fixture, Sizes, build_in_child
 from bench.stats import Figures, Noise, median, percentile, progress, wait_quiet
 
-DEDUPE_S = 8.0  # edge.config.LaneConfig.dedupe_s: a ticket admitted is ignored this long
+DEDUPE_S = 8.0  # edge.config_sections.LaneConfig.dedupe_s: a ticket admitted is ignored this long
 SCANNER_DEDUP_S = 2.0  # drivers.scanner.ScannerOptions.dedup
 
 

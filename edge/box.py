@@ -10,17 +10,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import uvicorn
-
 from drivers.errors import DriverUnavailable
-from edge import denies
+from edge import audit as auditlog
+from edge import box_metrics, denies
 from edge.bus import EventBus
 from edge.cache import ImportResult
 from edge.cloud_config import config_status
@@ -28,7 +26,8 @@ from edge.config import BoxConfig
 from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot, make_slot
 from edge.errors import Stopping
-from edge.http_tls import ssl_options, tls_info
+from edge.http_tls import tls_info
+from edge.lane_gate import manual_open
 from edge.lanes import Lane
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
@@ -47,17 +46,8 @@ if TYPE_CHECKING:
     from edge.cloud_config import ReloadRequest
 
 log = logging.getLogger(__name__)
-LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 Loop = Callable[[asyncio.Event], Awaitable[None]]
 T = TypeVar("T")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside our loop: the daemon owns the signals, not uvicorn."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
 
 
 class Box:
@@ -82,50 +72,7 @@ class Box:
         # Set by the daemon: validate the config on disk and restart the box with it.
         self.reload: Callable[[ReloadRequest], Awaitable[str]] | None = None
         self.metrics = Registry()
-        m = self.metrics
-        self.m_decisions = m.counter(
-            "edge_decisions_total", "Decisions by lane and reason", labels=("lane", "reason")
-        )
-        self.m_latency = m.histogram(
-            "edge_scan_to_actuator_seconds",
-            "From a scan to the gate command (or the decision where nothing moves)",
-            buckets=LATENCY_BUCKETS,
-            labels=("lane",),
-        )
-        m.gauge_fn(
-            "edge_outbox_depth", "Events waiting for the cloud", lambda: self.stats["outbox_depth"]
-        )
-        m.gauge_fn(
-            "edge_print_queue",
-            "Print jobs queued or held, per printer",
-            lambda: {(p,): float(n) for p, n in self.stats["print_queue"].items()},
-            labels=("printer",),
-        )
-        m.gauge_fn(
-            "edge_device_up",
-            "1 when the device is open and answering",
-            lambda: {(n, s.device_class): float(s.up) for n, s in self.slots.items()},
-            labels=("device", "class"),
-        )
-        m.gauge_fn(
-            "edge_cache_age_seconds",
-            "Age of the active code bundle",
-            lambda: float(
-                self.stats["cache_age_s"] if self.stats["cache_age_s"] is not None else -1
-            ),
-        )
-        m.gauge_fn(
-            "edge_zone_occupancy",
-            "Persons inside (confirmed) per zone",
-            lambda: {(z.zone,): float(z.inside) for z in self.zones},
-            labels=("zone",),
-        )
-        m.gauge_fn(
-            "edge_zone_pending",
-            "Entries admitted, passage not yet seen, per zone",
-            lambda: {(z.zone,): float(z.pending) for z in self.zones},
-            labels=("zone",),
-        )
+        self.m_decisions, self.m_latency = box_metrics.register(self.metrics, self)
         self.watch = OutboxWatch(self)  # backlog alarm, telemetry coalescing (and their metrics)
 
     # -- start and stop ----------------------------------------------------------------------
@@ -351,28 +298,11 @@ class Box:
     def _audit_row(self, actor: str, action: str, target: str, detail: str) -> None:
         """The audit row and its outbox event, inside the caller's transaction."""
         assert self.svc is not None
-        ledger, now = self.svc.ledger, time.time()
-        ledger.conn.execute(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-            (now, actor, action, target, detail),
-        )
-        ledger.append_event(
-            "audit", {"actor": actor, "action": action, "target": target, "detail": detail}, now
-        )
+        auditlog.write_entry(self.svc.ledger, actor, action, target, detail)
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         assert self.svc is not None
-        conn = self.svc.ledger.conn
-
-        def rows() -> list[dict[str, Any]]:
-            cur = conn.execute(
-                "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-            keys = ("id", "at", "actor", "action", "target", "detail")
-            return [dict(zip(keys, r, strict=True)) for r in cur]
-
-        return await self.db.call(rows)
+        return await self.db.call(auditlog.recent_entries, self.svc.ledger.conn, limit)
 
     async def occupancy_changed(self) -> None:
         assert self.crowd is not None
@@ -420,7 +350,7 @@ class Box:
         target = self._lane(lane)
         self._refuse_if_stopping()
         await self.audit(actor, "manual_open", lane, f"{persons} person(s): {note}")
-        return await target.manual_open(persons)
+        return await manual_open(target, persons)
 
     async def force_admit(self, code: str, lane: str, actor: str, note: str) -> dict[str, Any]:
         """A supervisor overrides a deny: recorded forced, audited, and (gate lanes) the gate
@@ -442,11 +372,11 @@ class Box:
             self.observe(lane, d, None)
             out = d.to_json()
             if d.admit and target.cfg.kind == "gate" and d.state == "pending":
-                out |= await target._open_gate(d, t0)
+                out |= await target.open_gate(d, t0)
                 out.pop("latency_s", None)
         if d.admit:
             await self.occupancy_changed()
-        return target._publish(out | {"source": "force_admit"})
+        return target.publish(out | {"source": "force_admit"})
 
     def _refuse_if_stopping(self) -> None:
         if self.stopping:
@@ -542,24 +472,7 @@ class Box:
             "cloud": self.cloud_status() if self.cloud_status is not None else None,
         }
 
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    def http_server(self, sock: socket.socket | None = None) -> tuple[_Server, socket.socket]:
-        """The server and its already bound socket (a port in use is our clear error). A
-        reload passes the socket the daemon keeps, so the port never closes."""
-        from edge.http import create_app
-
-        if sock is None:
-            sock = self.listen()
-        config = uvicorn.Config(
-            create_app(self),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-            **ssl_options(self.config),  # HTTPS when [http] tls is on (edge/http_tls.py)
-        )
-        return _Server(config), sock
+    # -- HTTPS certificate ------------------------------------------------------------------
 
     def tls_info(self) -> dict[str, Any]:
         """{"enabled", "fingerprint", "not_after", "source"} of the HTTPS certificate (the
@@ -567,24 +480,6 @@ class Box:
         if self._tls_info is None:
             self._tls_info = tls_info(self.config)
         return self._tls_info
-
-    def listen(self) -> socket.socket:
-        host, _, port = self.config.http_listen.rpartition(":")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # proto IPPROTO_TCP (not 0): asyncio then sets TCP_NODELAY on accepted connections, so a
-        # response's body does not wait ~40 ms for the client's delayed ACK (Nagle).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host.strip("[]"), int(port)))
-        except OSError as err:
-            sock.close()
-            raise OSError(
-                f"cannot listen on {self.config.http_listen} ([http] listen in "
-                f"{self.config.path}): {err.strerror}"
-            ) from err
-        sock.listen(128)
-        return sock
 
 
 def _log_failure(fut: concurrent.futures.Future[None]) -> None:

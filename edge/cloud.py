@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.bundle_inbox import BundleReceiver, active_seq
 from edge.cloud_config import on_config, on_reload_command
-from edge.config import SyncConfig
+from edge.config_sections import SyncConfig
 from edge.store import transaction
 from sync.certs import cert_info, renew_due
 from sync.link_client import LinkClient

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge import cloud_config
-from edge.box import Box, Loop, _Server
+from edge.box import Box, Loop
 from edge.cloud_config import ConfigRefused, ReloadRequest
 from edge.config import BoxConfig
+from edge.http_server import Server, listen, server_for
 from edge.http_tls import material
 from edge.notify import Notifier
 from edge.store import WriteLock, fsync_dir
@@ -203,7 +204,7 @@ class Daemon:
 
     async def _open(
         self, config: BoxConfig, token: str, full_check: bool, bundle: Path | None
-    ) -> tuple[Box, _Server, socket.socket]:
+    ) -> tuple[Box, Server, socket.socket]:
         """A started box with its extensions and an HTTP server (not yet serving)."""
         box = Box(config, token=token)
         self.box = box
@@ -214,7 +215,7 @@ class Daemon:
             for ext in self.extensions:
                 await self._start_extension(ext, box)
             sock = self._listen(box)
-            server, _ = box.http_server(sock)
+            server = server_for(box)
         except BaseException:
             if sock is not None:
                 sock.close()
@@ -248,7 +249,7 @@ class Daemon:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
-            self._listener = box.listen()
+            self._listener = listen(box.config)
             self._listen_addr = box.config.http_listen
         host, port = self._listener.getsockname()[:2]
         scheme = "https" if box.config.http_tls.enabled else "http"  # a reload may switch it
@@ -258,7 +259,7 @@ class Daemon:
     async def _serve(
         self,
         box: Box,
-        server: _Server,
+        server: Server,
         sock: socket.socket,
         done: tuple[ReloadRequest, asyncio.Future[str], float, str] | None,
     ) -> tuple[BoxConfig, ReloadRequest, asyncio.Future[str], float] | None:

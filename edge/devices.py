@@ -26,7 +26,7 @@ from drivers.errors import (
 from drivers.printer import Printer, PrinterNotReady
 from drivers.registry import load as load_driver
 from edge.bus import EventBus
-from edge.config import DeviceConfig
+from edge.config_sections import DeviceConfig
 from edge.runner import Runner
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from drivers.base import Device, SelfTest
 from drivers.errors import DeviceConfigError, DeviceInitError, DriverError, DriverUnavailable
 from drivers.printer import Printer
 from drivers.registry import load
-from edge.config import BoxConfig, DeviceConfig
+from edge.config import BoxConfig
+from edge.config_sections import DeviceConfig
 from edge.errors import TrustError
 from edge.trust import TrustAnchor
 

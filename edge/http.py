@@ -181,7 +181,7 @@ def create_app(box: Box) -> FastAPI:
         box.observe(body.lane, d, None)
         if d.admit:
             await box.occupancy_changed()
-        return lane._publish(d.to_json() | {"source": "api"})
+        return lane.publish(d.to_json() | {"source": "api"})
 
     @api.post("/lanes/{lane}/scan")
     async def scan(lane: str, body: ScanIn) -> dict[str, Any]:

@@ -5,7 +5,7 @@ the window -> CONFIRMED (the persons counted); no passage -> VOIDED, the ticket 
 same ticket read again while its visitor is still at the reader does nothing (dedupe by canonical
 id). The hardware fire input puts the lane in free passage: it reports it and sends no command;
 the supervisor's "emergency free passage" is a separate, audited software mode that opens for
-anyone and can never clear the hardware input.
+anyone and can never clear the hardware input. The gate's actuation: edge/lane_gate.py.
 """
 
 from __future__ import annotations
@@ -18,26 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.errors import DriverError, StaleCommand
-from drivers.gate import Gate, Passage
+from drivers.errors import DriverError
+from drivers.gate import Gate
 from drivers.scanner import Scanner
 from edge.bus import EventBus
 from edge.codes import code_fingerprint
-from edge.config import LaneConfig
+from edge.config_sections import LaneConfig
 from edge.decision import Decision
 from edge.devices import DeviceDown, DeviceSlot
-from edge.errors import InvalidTransition, Stopping
+from edge.errors import Stopping
+from edge.lane_gate import actuate, free_passage
 from edge.lane_hold import HeldCodes
-from edge.lane_text import (
-    LINE_AGAIN,
-    LINE_CONFIRM,
-    LINE_FAULT,
-    LINE_FIRE,
-    LINE_FREE,
-    LINE_NOT_HERE,
-    LINE_PASS,
-    display_line,
-)
+from edge.lane_text import LINE_AGAIN, LINE_CONFIRM, LINE_FAULT, LINE_NOT_HERE, display_line
 from edge.pickup_codes import is_pickup_code
 from edge.rules import Reason
 from edge.runner import Runner
@@ -49,7 +41,6 @@ FIRE_POLL_S = 1.0
 # A read blocks the scanner's thread this long at most: the beep for a decision waits behind it.
 SCAN_READ_S = 0.05
 COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
-MAX_OPEN = 100  # persons per gate command (drivers.gate.MAX_PERSONS); larger groups in turns
 
 
 _Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
@@ -142,7 +133,7 @@ class Lane:
             except Exception as err:
                 # One bad scan must not stall the lane: log it, tell the visitor, go on.
                 log.exception("lane %s: handling a scan failed", self.name)
-                self._feedback(False, LINE_FAULT)
+                self.feedback(False, LINE_FAULT)
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
                 continue
@@ -170,7 +161,7 @@ class Lane:
                 except DriverError as err:
                     log.warning("lane %s: gate inputs: %s", self.name, err)
                 else:
-                    await self._set_fire(inputs.fire is True)
+                    await self.set_fire(inputs.fire is True)
             await _sleep_or_stop(stop, FIRE_POLL_S)
 
     # -- one scan ----------------------------------------------------------------------------
@@ -234,7 +225,7 @@ class Lane:
             "needs_confirm": False,
             "latency_ms": round(latency * 1000, 2),
         }
-        return self._publish(d.to_json() | out | extra)
+        return self.publish(d.to_json() | out | extra)
 
     async def handle(
         self, text: str, *, t0: float | None = None, source: str = "scanner"
@@ -244,12 +235,12 @@ class Lane:
         self.state.scans += 1
         fp = code_fingerprint(text)
         if self.cfg.kind == "gate" and (self.state.fire or self.state.emergency):
-            return await self._free_passage(fp, t0)
+            return await free_passage(self, fp, t0)
         if self.cfg.kind == "locker" and self.lockers is not None and _pickup_like(text):
             result = await self.lockers.pickup(text, self.name)
-            self._feedback(bool(result.get("ok")), (result["line_zh"], result["line_en"]))
+            self.feedback(bool(result.get("ok")), (result["line_zh"], result["line_en"]))
             verdict = "admit" if result.get("ok") else "deny"
-            return self._publish(
+            return self.publish(
                 {"lane": self.name, "source": source, "code_fp": fp, "decision": verdict, **result}
             )
         if self.cfg.kind == "locker":
@@ -260,16 +251,16 @@ class Lane:
                 detail="not a pickup code of this locker / 非本柜取件码",
             )
             zh, en = LINE_NOT_HERE if checked.admit else display_line(decision.reason)
-            self._feedback(False, (zh, en))
+            self.feedback(False, (zh, en))
             self.hooks.observe(self.name, decision, time.monotonic() - t0)
-            return self._publish(
+            return self.publish(
                 decision.to_json() | {"source": source, "code_fp": fp, "line_zh": zh, "line_en": en}
             )
         if self.cfg.kind == "gate" and time.monotonic() - t0 > COMMAND_TTL_S:
             # Read while an earlier group was passing: the visitor may have gone. Nothing is
             # recorded; whoever is still there scans again.
-            self._feedback(False, LINE_AGAIN)
-            return self._publish(
+            self.feedback(False, LINE_AGAIN)
+            return self.publish(
                 {
                     "lane": self.name,
                     "decision": "scan_again",
@@ -288,8 +279,8 @@ class Lane:
             decision = await self.db.call(self.svc.validate, text, self.name, ignore=ignore)
             if decision.extra.get("duplicate"):
                 return self._duplicate(fp)
-            self._feedback(False, LINE_FAULT)
-            return self._publish(
+            self.feedback(False, LINE_FAULT)
+            return self.publish(
                 decision.to_json()
                 | {
                     "decision": "deny",
@@ -309,8 +300,8 @@ class Lane:
         if decision.extra.get("needs_confirm"):
             # A voucher at a counter waits for the cashier's tap (the kiosk redeems it then):
             # nothing is written and nothing counted yet.
-            self._feedback(True, LINE_CONFIRM)
-            return self._publish(
+            self.feedback(True, LINE_CONFIRM)
+            return self.publish(
                 decision.to_json()
                 | {
                     "decision": "confirm",
@@ -325,10 +316,10 @@ class Lane:
         latency = time.monotonic() - t0
         outcome: dict[str, Any] = {}
         if decision.admit and self.cfg.kind == "gate":
-            outcome = await self._open_gate(decision, t0)
+            outcome = await self.open_gate(decision, t0)
             latency = outcome.pop("latency_s", latency)
         else:
-            self._feedback(decision.admit, display_line(decision.reason))
+            self.feedback(decision.admit, display_line(decision.reason))
         self.hooks.observe(self.name, decision, latency)
         log.info(
             "decision lane=%s reason=%s code=%s latency_ms=%.1f",
@@ -341,7 +332,7 @@ class Lane:
         if decision.admit and decision.list_id:
             await self.hooks.occupancy_changed()
         zh, en = display_line(decision.reason)
-        return self._publish(
+        return self.publish(
             decision.to_json()
             | {
                 "source": source,
@@ -353,12 +344,12 @@ class Lane:
             | outcome
         )
 
-    async def _open_gate(self, d: Decision, t0: float) -> dict[str, Any]:
+    async def open_gate(self, d: Decision, t0: float) -> dict[str, Any]:
         """Open for the persons admitted and settle the redemption (confirm what passed, void
         when nobody did). It runs as its own task: a lane cancelled at shutdown cuts the open
         short but still settles, so a visitor who went through is never left on a voided or
         pending ticket."""
-        task = asyncio.ensure_future(self._actuate(d, t0))
+        task = asyncio.ensure_future(actuate(self, d, t0))
         self.actuations.add(task)
         task.add_done_callback(self.actuations.discard)
         try:
@@ -368,128 +359,11 @@ class Lane:
             await asyncio.wait([task])
             raise
 
-    async def _actuate(self, d: Decision, t0: float) -> dict[str, Any]:
-        assert d.redemption_id is not None and d.canonical_id is not None
-        rid = bytes.fromhex(d.redemption_id)
-        gate = self.gate
-        assert gate is not None
-        persons = max(1, d.persons or 1)
-        self.inflight = d.redemption_id
-        self.state.busy = True
-        latency = time.monotonic() - t0
-        passed, fire, error, why = 0, False, None, ""
-        try:
-            self._feedback(True, LINE_PASS)
-            left = persons
-            while left > 0 and self.accepting:
-                n = min(left, MAX_OPEN)
-                passage = await gate.call(gate_open, self.cfg.gate_side, n, issued_at=t0)
-                passed += passage.passed
-                fire, error = fire or passage.fire, passage.error or error
-                if passage.passed < n or passage.fire or passage.error:
-                    break
-                left -= n
-        except StaleCommand as err:
-            why = f"gate command dropped: {err}"
-        except (DeviceDown, DriverError) as err:
-            # Before any pulse: it may or may not have reached the gate; the visitor is told
-            # to ask staff and the ticket stays usable (a supervisor can force an admit).
-            why = f"gate did not open: {err}"
-        except Exception as err:  # a bug must not leave the redemption pending
-            log.exception("lane %s: gate open failed", self.name)
-            why = f"gate open failed: {err}"
-        finally:
-            self.state.busy = False
-        result: dict[str, Any] = {"latency_s": latency, "passed": passed}
-        try:
-            if fire:
-                await self._set_fire(True)
-            if passed > 0:
-                self.state.recent[d.canonical_id] = time.monotonic() + self.cfg.dedupe_s
-                await self.db.call(self.svc.confirm, rid, passed)
-                result["state"] = "confirmed"
-            else:
-                self._feedback(False, LINE_FAULT if why else LINE_AGAIN)
-                why = why or error or ("fire alarm" if fire else "nobody passed")
-                await self.db.call(self.svc.void, rid, why)
-                result |= {"state": "voided", "why": why}
-            if error:
-                result["gate_error"] = error
-        except InvalidTransition as err:  # voided meanwhile (an undo from the kiosk)
-            log.warning("lane %s: %s; %d passed", self.name, err, passed)
-            result |= {"state": "voided", "why": str(err)}
-        finally:
-            self.inflight = None
-            self._prune_recent()
-        self.bus.publish(
-            "passage",
-            lane=self.name,
-            redemption_id=d.redemption_id,
-            requested=persons,
-            passed=passed,
-            state=result["state"],
-        )
-        return result
-
-    async def _free_passage(self, fp: str, t0: float) -> dict[str, Any]:
-        """Fire (hardware) or emergency (software): no ticket check. During a fire alarm no
-        command is sent at all; in emergency mode the gate opens for anyone who scans."""
-        line = LINE_FIRE if self.state.fire else LINE_FREE
-        self._feedback(True, line)
-        out: dict[str, Any] = {
-            "lane": self.name,
-            "decision": "free_passage",
-            "fire": self.state.fire,
-            "emergency": self.state.emergency,
-            "code_fp": fp,
-            "line_zh": line[0],
-            "line_en": line[1],
-        }
-        if not self.state.fire and self.gate is not None:
-            try:
-                passage = await self.gate.call(
-                    gate_open, self.cfg.gate_side, 1, issued_at=time.monotonic()
-                )
-                out["passed"] = passage.passed
-            except (DeviceDown, DriverError) as err:
-                out["error"] = str(err)
-            await self.hooks.record(
-                "free_passage", {"lane": self.name, "passed": out.get("passed", 0)}
-            )
-        out["latency_ms"] = round((time.monotonic() - t0) * 1000, 2)
-        return self._publish(out)
-
-    async def manual_open(self, persons: int = 1) -> dict[str, Any]:
-        """A supervisor lets persons through (audited by the caller); no ticket involved."""
-        if self.gate is None:
-            raise ValueError(f"lane {self.name} has no gate")
-        if self.state.fire:
-            return {"lane": self.name, "passed": 0, "fire": True}
-        if not self.accepting:
-            raise Stopping(f"lane {self.name} is stopping")
-        async with self.turn:
-            self.state.busy = True
-            try:
-                passage = await self.gate.call(
-                    gate_open,
-                    self.cfg.gate_side,
-                    min(persons, MAX_OPEN),
-                    issued_at=time.monotonic(),
-                )
-            finally:
-                self.state.busy = False
-        return {
-            "lane": self.name,
-            "passed": passage.passed,
-            "requested": persons,
-            "fire": passage.fire,
-        }
-
     async def set_emergency(self, on: bool) -> None:
         self.state.emergency = on
         self.bus.publish("lane", lane=self.name, emergency=on, fire=self.state.fire)
 
-    async def _set_fire(self, active: bool) -> None:
+    async def set_fire(self, active: bool) -> None:
         if active == self.state.fire:
             return
         self.state.fire = active
@@ -506,7 +380,7 @@ class Lane:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _feedback(self, good: bool, line: tuple[str, str]) -> None:
+    def feedback(self, good: bool, line: tuple[str, str]) -> None:
         slot = self.scanner
         if slot is None or not slot.up or slot.device is None:
             return
@@ -514,7 +388,7 @@ class Lane:
         fut = slot.runner.submit(Scanner.feedback, slot.device, good, text)  # type: ignore[arg-type]
         fut.add_done_callback(_log_failure)
 
-    def _publish(self, data: dict[str, Any]) -> dict[str, Any]:
+    def publish(self, data: dict[str, Any]) -> dict[str, Any]:
         self.state.last = data
         self.bus.publish("decision", **data)
         return data
@@ -528,7 +402,7 @@ class Lane:
         log.debug("lane %s: %s read again while at the reader: ignored", self.name, fp)
         return {"lane": self.name, "duplicate": True, "code_fp": fp}
 
-    def _prune_recent(self) -> None:
+    def prune_recent(self) -> None:
         now = time.monotonic()
         for cid in [c for c, until in self.state.recent.items() if until <= now]:
             del self.state.recent[cid]
@@ -549,11 +423,6 @@ class Lane:
             "duplicates": self.state.duplicates,
             "last": self.state.last,
         }
-
-
-def gate_open(gate: Gate, side: str, persons: int, issued_at: float) -> Passage:
-    """`Gate.open` for a lane (the overloaded method, pinned to its passage form)."""
-    return gate.open(side, persons, issued_at=issued_at)
 
 
 def _pickup_like(text: str) -> bool:

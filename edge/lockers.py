@@ -25,7 +25,7 @@ from typing import Any
 from drivers.errors import DriverError
 from drivers.locker import DoorState, Locker
 from edge.bus import EventBus
-from edge.config import LockerBankConfig
+from edge.config_sections import LockerBankConfig
 from edge.devices import DeviceDown, DeviceSlot
 from edge.errors import EdgeError, Stopping
 from edge.pickup_codes import LINES, Lookup, Pickup

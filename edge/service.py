@@ -18,7 +18,8 @@ from typing import Any
 from edge.cache import CacheStore, CacheView, ImportResult
 from edge.clock import ClockFacts, clock_suspect
 from edge.codes import CodeError, code_fingerprint
-from edge.config import BoxConfig, LaneConfig
+from edge.config import BoxConfig
+from edge.config_sections import LaneConfig
 from edge.decision import Decision, iso
 from edge.errors import InvalidTransition, NotFound
 from edge.identify import Identified, Identifier

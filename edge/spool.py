@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.bus import EventBus
-from edge.config import PrintingConfig
+from edge.config_sections import PrintingConfig
 from edge.devices import DeviceSlot
 from edge.errors import NotFound
 from edge.runner import Runner

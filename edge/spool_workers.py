@@ -24,7 +24,7 @@ from drivers.errors import DeviceTimeout, DriverError
 from drivers.printer import HINTS, JobResult, Printer, PrinterNotReady
 from drivers.printer.job import Job
 from edge.bus import EventBus
-from edge.config import PrintingConfig
+from edge.config_sections import PrintingConfig
 from edge.devices import DeviceDown, DeviceSlot
 from edge.spool_db import SpoolDB
 from edge.templates import job_from_json

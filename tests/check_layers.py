@@ -24,6 +24,7 @@ FORBIDDEN = {
 COMPOSITION_ROOT = {
     Path("edge/app.py"),
     Path("edge/cli.py"),
+    Path("edge/cli_provision.py"),
     Path("edge/demo.py"),
     Path("edge/cloud.py"),
 }

@@ -18,7 +18,7 @@ import pytest
 from drivers.locker.sim import SimBoard, SimLocker
 from edge.bus import EventBus
 from edge.codes import CodeError, parse_code
-from edge.config import DeviceConfig, LockerBankConfig
+from edge.config_sections import DeviceConfig, LockerBankConfig
 from edge.devices import DeviceSlot, make_slot
 from edge.errors import Stopping
 from edge.ledger import LEDGER_SCHEMA, Ledger

@@ -14,7 +14,8 @@ import pytest
 from drivers.gate.simboard import ModbusRelayBoard
 from edge import config as cfgmod
 from edge import provision_wizard
-from edge.cli import _provision_steps, main
+from edge.cli import main
+from edge.cli_provision import provision_steps
 from edge.devscan import INPUT, PRINTER, SERIAL, VIDEO, discover
 from sync.hub.enroll import Enroller, EnrollServer, Signer, make_claim
 from sync.hub.issuer import Hub
@@ -114,7 +115,7 @@ def stick(tmp_path: Path, pki: Pki) -> tuple[Path, str]:
 
 def run_wizard(tmp_path: Path, script: Script, root: Path, **kw: object) -> int:
     return provision_wizard.run(
-        _provision_steps(),
+        provision_steps(),
         ask=script.ask,
         say=script.say,
         config=tmp_path / "etc" / "edge.toml",

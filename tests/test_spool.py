@@ -24,7 +24,7 @@ from drivers.printer.job import Text
 from drivers.printer.sim import SimPrinter
 from drivers.printer.simstate import EscposMachine
 from edge.bus import Event, EventBus
-from edge.config import DeviceConfig, PrintingConfig
+from edge.config_sections import DeviceConfig, PrintingConfig
 from edge.devices import DeviceDown, DeviceSlot, make_slot
 from edge.errors import EdgeError, NotFound
 from edge.spool import JobIdConflict, PrintSpool
