@@ -248,8 +248,8 @@ class CloudLink:
                 "hint": "certificate not renewed: check the link to the hub / 证书即将过期",
             }
             log.warning("the link certificate expires in %.0f s and is not renewed", body["left_s"])
+            await box.record("cert_expiring", body)  # first: the bus wakes the link
             box.bus.publish("cert", state="expiring", **body)
-            await box.record("cert_expiring", body)
         if self._rotating or self.link is None or not renew_due(pem, t):
             return interval
         csr = await asyncio.to_thread(renewal.pending_csr)
@@ -285,8 +285,8 @@ class CloudLink:
         self._alerted_at = None
         info = cert_info(pem.encode())
         body = {"serial": serial, "not_after": info.not_after}
+        await box.record("cert_renewed", body)  # first: the bus wakes the link
         box.bus.publish("cert", state="renewed", **body)
-        await box.record("cert_renewed", body)
         log.info("link certificate renewed: serial %s", serial)
         return f"installed certificate {serial}"
 
@@ -330,8 +330,8 @@ class CloudLink:
         if down.type == "caught_up":
             return await self._caught_up_msg(box, body)
         if down.type == "conflict":
-            box.bus.publish("conflict", **body)
             await box.record("conflict_received", {"id": down.id, **body})
+            box.bus.publish("conflict", **body)
             return "recorded"
         if down.type == "config":  # validated, stored, applied by a reload: edge/cloud_config.py
             return await on_config(box, down.id, body, self._done)

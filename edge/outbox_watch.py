@@ -265,7 +265,6 @@ class OutboxWatch:
             log.warning("outbox alarm 积压告警: %s", body["reason"])
         else:
             log.info("outbox alarm cleared: %d events waiting", alarm.backlog.depth)
-        self.box.bus.publish("outbox", **body)
         svc = self.box.svc
         assert svc is not None
         ledger, active = svc.ledger, alarm.active
@@ -276,6 +275,8 @@ class OutboxWatch:
                 ledger.set_meta(ALARM_KEY, "1" if active else "0")
 
         await self.box.db.call(write)
+        # After the write: a bus event wakes the cloud link, which must find the row.
+        self.box.bus.publish("outbox", **body)
 
     async def flush(self) -> None:
         """At stop or reload, before the ledger closes: what the coalescer holds is written."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import pytest
 
 from edge.cli import main
 from edge.cloud import CloudLink
@@ -133,9 +136,17 @@ def _no_hub_sync(site: Site, pki: Pki, port: int, catch_up_s: float) -> None:
         )
 
 
-def test_a_stop_ends_the_wait_for_the_catch_up(tmp_path: Path, pki: Pki) -> None:
+def catching_up(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times a daemon said it waits for its catch-up before READY."""
+    return sum("catching up with the site" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_ends_the_wait_for_the_catch_up(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     """A new box whose cloud is unreachable waits for its catch-up; SIGTERM still stops it
     within the daemon's 5 s."""
+    caplog.set_level(logging.INFO, logger="edge.cloud")
     site = _make_site(tmp_path)
     _no_hub_sync(site, pki, 1, 25)  # nothing listens on port 1
     config = load(site.home / "edge.toml", site.home)
@@ -146,7 +157,11 @@ def test_a_stop_ends_the_wait_for_the_catch_up(tmp_path: Path, pki: Pki) -> None
 
     async def main() -> float:
         task = asyncio.create_task(daemon.run())
-        await asyncio.sleep(3.0)
+        deadline = time.monotonic() + 20
+        while not catching_up(caplog):  # the wait has begun
+            assert time.monotonic() < deadline and not task.done(), "no catch-up wait"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         assert not daemon.ready.is_set() and not task.done()  # still waiting for the cloud
         t0 = time.monotonic()
         daemon.request_stop()
@@ -158,15 +173,18 @@ def test_a_stop_ends_the_wait_for_the_catch_up(tmp_path: Path, pki: Pki) -> None
 
 
 def test_a_reload_does_not_wait_for_the_catch_up_again(
-    tmp_path: Path, pki: Pki, broker: Broker
+    tmp_path: Path, pki: Pki, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A cloud that sends no caught_up (a hub mid-integration): the box waits once, at start,
     not at every reload (its lanes are down while it waits)."""
+    caplog.set_level(logging.INFO, logger="edge.cloud")
     site = _make_site(tmp_path)
-    _no_hub_sync(site, pki, broker.port, 4)
+    _no_hub_sync(site, pki, broker.port, 3)
     with running(site, cloud=True) as d:
-        assert d.daemon.ready_after_s is not None and d.daemon.ready_after_s >= 4
+        assert d.daemon.ready_after_s is not None and d.daemon.ready_after_s >= 3
+        assert catching_up(caplog) == 1
         t0 = time.monotonic()
         assert d.api("POST", "/api/v1/config/reload")[0] == 202
         d.wait(lambda: d.daemon.reloads == 1, timeout=20, what="reload")
-        assert time.monotonic() - t0 < 3.5
+        assert time.monotonic() - t0 < 3.0  # a second wait alone would take 3 s
+        assert catching_up(caplog) == 1  # said (and waited) once: at start

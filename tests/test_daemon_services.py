@@ -123,6 +123,10 @@ def test_stuck_door_is_reported_and_the_code_still_works_after_the_technician(
 
 def test_deposit_skips_a_stuck_door_and_holds_one_left_open(tmp_path: Path) -> None:
     site = make_site(tmp_path)
+    toml = site.home / "edge.toml"  # the door left open is waited for 2 s, not the kit's 5
+    toml.write_text(
+        toml.read_text().replace("door_close_timeout_s = 5", "door_close_timeout_s = 2")
+    )
     with running(site) as d:
         board(d).set_stuck(1)
         with Hands(board(d)) as hands:
@@ -137,7 +141,7 @@ def test_deposit_skips_a_stuck_door_and_holds_one_left_open(tmp_path: Path) -> N
         # a clear message, no code exists, and the door is held for that order.
         start = time.monotonic()
         status, err = d.api("POST", "/api/v1/lockers/wall/deposit", {"order_no": "C-2"})
-        assert time.monotonic() - start >= 4.5  # door_close_timeout_s = 5
+        assert time.monotonic() - start >= 1.8  # door_close_timeout_s = 2
         assert status == 409 and "not closed" in err["detail"], err
         held = door_row(d, 3)
         assert held["state"] == "open" and held["order_no"] == "C-2"

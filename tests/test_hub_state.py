@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from edge import bundle as fmt
 from edge.rules import Reason
 from sync.hub.issuer import BundleContent
 from tests.conftest import SITE, Box
+from tests.test_cli import edge_main
 
 ADULT = [{"id": "adult", "name": "成人票 Adult"}]
 DEFAULT = [{"id": "default", "products": ["*"]}]
@@ -197,14 +197,8 @@ def test_ledger_is_one_json_file_replaced_whole(box: Box) -> None:
     assert (counts["revoke"], counts["block"]) == (20_000, 3)
 
 
-def edge(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def edge(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return edge_main(*args, stdin=stdin)  # `edge ...`'s main() in-process: 12 runs, no start-ups
 
 
 def test_cli_snapshot_after_revoking_delta_keeps_the_revocation(tmp_path: Path) -> None:

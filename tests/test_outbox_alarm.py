@@ -144,7 +144,9 @@ def test_an_old_backlog_raises_the_alarm_and_telemetry_waits_longer(tmp_path: Pa
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(path)
         notify.settimeout(10)
-        with running(site, environ={"NOTIFY_SOCKET": path}) as d:
+        # A 2 s watchdog: the main loop sends STATUS= every second (without one, every 5 s).
+        environ = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
+        with running(site, environ=environ) as d:
             d.wait(lambda: d.api("GET", "/healthz")[1]["status"] == "degraded", what="alarm")
             health = d.api("GET", "/healthz")[1]
             assert health["devices_down"] == [] and health["database"] is True
@@ -188,7 +190,9 @@ def test_the_alarm_clears_when_the_hub_drains_the_backlog_and_nothing_is_lost(
     add_sync(
         site,
         f"127.0.0.1:{broker.port}",
-        "outbox_alarm_rows = 6\noutbox_alarm_age_s = 30\n",
+        # The age threshold far off (the rows alarm is the one under test); a twentieth of it is
+        # how often the backlog is read: 0.5 s.
+        "outbox_alarm_rows = 6\noutbox_alarm_age_s = 10\n",
         (pki.ca_file, certs.cert, certs.key),
     )
 

@@ -23,11 +23,21 @@ from tests.daemon_kit import SITE, Running, Site, make_site, running
 BOX = "box-e2e"  # the device make_site's config names
 
 
+class ShortFirst(Signer):
+    """Signs the first certificate (the enrollment's) for `lifetime_s` and the renewed ones for
+    an hour: the renewal is due seconds after enrollment, and a test sees exactly one."""
+
+    def sign(self, csr_pem: bytes, box: str) -> bytes:
+        cert = super().sign(csr_pem, box)
+        self.lifetime_s = 3600.0
+        return cert
+
+
 @contextmanager
 def hub_side(
     site: Site, pki: Pki, broker: Broker, lifetime_s: float, *, sign: bool = True
 ) -> Iterator[tuple[HubServer, EnrollServer]]:
-    signer = Signer(pki.ca, lifetime_s)
+    signer = ShortFirst(pki.ca, lifetime_s)
     enroller = Enroller(site.hub, signer, pki.ca_file)
     server = HubServer(
         site.hub,
@@ -164,10 +174,12 @@ def _scan_until(d: Running, site: Site, done: object, timeout: float) -> int:
 def test_renewal_under_traffic(
     tmp_path: Path, pki: Pki, broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Certificates living 60 s (plus the minute of backdating): renewed after ~20 s while
-    tickets are redeemed; no event lost; the live files and connection are the new ones."""
+    """An enrollment certificate living 34 s (plus the minute of backdating): due for renewal
+    at two thirds of its life, ~3 s after enrollment, and renewed at the daemon's next check
+    (every 3 s) while tickets are redeemed; no event lost; the live files and connection are
+    the new ones."""
     site = make_site(tmp_path)
-    with hub_side(site, pki, broker, 60) as (hub, enr):
+    with hub_side(site, pki, broker, 34) as (hub, enr):
         claim = make_claim(site.hub.dir, BOX, SITE)
         assert provision(site, broker, enr.port, claim, fingerprint(site)) == 0
         cert_file, key_file = site.home / "tls" / "device.crt", site.home / "tls" / "device.key"

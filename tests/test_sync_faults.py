@@ -46,7 +46,7 @@ BOX = "wl-gate-07"
 SITE = "west-lake"
 KEEPALIVE = 2  # seconds: a blackhole is noticed after about two of these
 RESEND_AFTER = 1.5
-BACKOFF_MAX = 2.0
+BACKOFF_MAX = 0.5  # the jitter on top of paho's fixed second between reconnects
 SETTLE_S = 45.0
 
 
