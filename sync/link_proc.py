@@ -43,6 +43,7 @@ log = logging.getLogger("sync.link_proc")
 STATUS_EVERY_S = 0.5  # a status line at least this often
 STATUS_POLL_S = 0.1  # and a change is reported within this
 PR_SET_PDEATHSIG = 1
+LINK_NICE = 10  # below the daemon: its lanes' scans come first
 
 
 class Out:
@@ -71,6 +72,16 @@ def _parent_death_signal(parent: int) -> None:
         return
     if parent and os.getppid() != parent:  # it died before the prctl
         os._exit(1)
+
+
+def _lower_priority() -> None:
+    """The link is background work: when the box's CPUs are busy (a drain after an outage
+    keeps the link busy for seconds), a visitor's scan must get the CPU first. Its network
+    wait is what bounds a drain, not its CPU share."""
+    try:
+        os.nice(LINK_NICE)
+    except OSError as err:  # not allowed (a sandbox): runs at the parent's priority
+        log.info("link process priority unchanged: %s", err)
 
 
 def _make_link(doc: dict[str, Any], out: Out) -> tuple[Link, dict[str, Any]]:
@@ -171,6 +182,7 @@ def main() -> None:
         stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     out = Out(sys.stdout.buffer)
+    _lower_priority()
     try:
         code = serve(sys.stdin.buffer, out)
     except Exception:

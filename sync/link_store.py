@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from edge.errors import StoreError
-from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, acked_through, outbox_depth
+from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, WAL_CAP_PAGES, acked_through, outbox_depth
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches
 
@@ -105,6 +105,10 @@ class LedgerLinkStore:
             # create=False: the daemon's Ledger made (and checked) the file; this connection
             # only migrates it if this release added a table since (the inbox).
             self._conn = open_db(self.path, LEDGER_SCHEMA, create=False, check=False)
+            # SQLite's default (1000 pages) would make this connection checkpoint the WAL
+            # inline after its commits, writing and syncing the database file beside the
+            # lanes' commits; the daemon's maintenance checkpoints it, as the Ledger's owner.
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
         return self._conn
 
     @property
