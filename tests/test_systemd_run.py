@@ -109,7 +109,9 @@ def test_daemon_runs_in_the_gateway_units_sandbox(tmp_path: Path) -> None:
         notify.settimeout(0.5)
         sandbox = [sys.executable, "-m", "tests.unit_sandbox", str(GATEWAY)]
         sandbox += ["--uid", str(STANDIN_UID), "--rw", str(state), "--rw", str(runtime)]
-        sandbox += ["--ro", str(site.home), "--ro", sys.base_prefix, "--", *argv]
+        # The checkout (and its venv) stays visible when it lives under /tmp (PrivateTmp=).
+        sandbox += ["--ro", str(site.home), "--ro", sys.base_prefix, "--ro", str(REPO)]
+        sandbox += ["--", *argv]
         t0 = time.monotonic()
         proc = subprocess.Popen(
             sandbox,
