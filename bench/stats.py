@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -166,3 +167,18 @@ def wait_quiet(max_wait_s: float, limit_pct: float = 5.0) -> None:
         if time.monotonic() >= deadline:
             progress(f"machine still busy (cpu pressure {cpu:.0f}%); measuring anyway")
             return
+
+
+def settle_disk(max_wait_s: float, limit_pct: float = 2.0) -> None:
+    """After a setup step that wrote a lot (a filled outbox): write it out (sync) and wait, up
+    to max_wait_s, for a second with I/O pressure under limit_pct, so the write-back of the
+    setup does not slow the fsyncs of the measurement that follows."""
+    os.sync()
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline:
+        probe = Noise()
+        time.sleep(1.0)
+        _, io = probe.percent()
+        if not io > limit_pct:
+            return
+    progress(f"disk still busy after {max_wait_s:g} s; measuring anyway")

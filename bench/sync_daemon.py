@@ -31,7 +31,7 @@ from bench.daemon import DaemonSizes, _log_summary, _setup
 from bench.daemon_load import Codes, Samples, admit_once, idle_scans
 from bench.daemon_site import LANES, SITE, Api, CpuMeter, DaemonProc, Hardware, poll_until
 from bench.fixture import Sizes
-from bench.stats import Figures, Noise, median, percentile, progress, wait_quiet
+from bench.stats import Figures, Noise, median, percentile, progress, settle_disk, wait_quiet
 from bench.sync_hub import HubProc, prepare_hub_db
 from bench.sync_kit import Lab, SyncSizes, fill_outbox
 from edge.ledger import acked_through
@@ -160,6 +160,7 @@ class _Run:
         if code != 0:
             raise RuntimeError(f"daemon exit status {code}: {self.proc.tail()}")
         last, _ = fill_outbox(self.home / "ledger.db", n)
+        settle_disk(self.sizes.quiet_s)  # the fill is setup: its write-back is not the drain's
         api = self.start_daemon()
         samples, stop = Samples(), threading.Event()
         scanner = threading.Thread(target=_scan_loop, args=(self.hw, codes, samples, stop))

@@ -8,7 +8,9 @@ import pytest
 
 from edge.codes import display_rotating
 from edge.errors import InvalidTransition
+from edge.ledger import ACKED_KEY, OUTBOX_SPAN_SQL, unacked_span
 from edge.rules import Reason
+from edge.store import transaction
 from sync.hub.issuer import BundleContent, load_private, new_holder_key
 from tests.conftest import HOUR, NOW, Box
 
@@ -219,3 +221,20 @@ def test_outbox_events_carry_version_and_ids(box: Box) -> None:
         event["body"]["id"] == d.redemption_id and event["body"]["canonical_id"] == t.canonical_id
     )
     assert "code" not in str(event) or code not in str(event)
+
+
+def test_the_outbox_depth_reads_the_key_ends_not_the_whole_backlog(box: Box) -> None:
+    """The depth is read on the database thread the lanes wait for, every few seconds while a
+    backlog drains: it must be two primary-key lookups, not a scan of 100k rows."""
+    svc = box.service()
+    conn = svc.ledger.conn
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_SPAN_SQL)]
+    assert plan and not [p for p in plan if p.startswith("SCAN outbox")], plan
+    with transaction(conn):
+        seqs = [svc.ledger.append_event("device_alert", {"i": i}, NOW) for i in range(10)]
+    assert svc.ledger.outbox_depth() == 10 and unacked_span(conn) is not None
+    first, last = unacked_span(conn) or (0, 0)
+    assert last - first == 9 and len(seqs) == 10
+    with transaction(conn):
+        svc.ledger.set_meta(ACKED_KEY, f"{svc.ledger.meta('epoch')} {first + 3}")
+    assert svc.ledger.outbox_depth() == 6 and unacked_span(conn) == (first + 4, last)
