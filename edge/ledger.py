@@ -225,6 +225,26 @@ LEDGER_SCHEMA = Schema(
             (SELECT min(created_at) FROM redemptions), opened_at))
             WHERE closed_at IS NULL AND (SELECT count(*) FROM shifts) = 1;
         """,
+        # 8: redemptions per state, kept by triggers in the writing transaction. The status
+        # (the kiosk's status screen asks every 5 s) counted them with a GROUP BY over every
+        # redemption ever made: 300 ms at a million rows, on the thread the lanes wait for.
+        """
+        CREATE TABLE redemption_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO redemption_counts SELECT state, count(*) FROM redemptions GROUP BY state;
+        CREATE TRIGGER redemption_counts_insert AFTER INSERT ON redemptions BEGIN
+            INSERT INTO redemption_counts VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER redemption_counts_state AFTER UPDATE OF state ON redemptions
+            WHEN OLD.state IS NOT NEW.state BEGIN
+            UPDATE redemption_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO redemption_counts VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER redemption_counts_delete AFTER DELETE ON redemptions BEGIN
+            UPDATE redemption_counts SET n = n - 1 WHERE state = OLD.state;
+        END;
+        """,
     ],
 )
 
@@ -430,7 +450,7 @@ class Ledger:
         return [(int(seq), json.loads(body)) for seq, body in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT state, count(*) FROM redemptions GROUP BY state")
+        rows = self.conn.execute("SELECT state, n FROM redemption_counts WHERE n > 0")
         return {str(s): int(n) for s, n in rows}
 
     # -- writes (inside a transaction) ----------------------------------------------------------

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from edge.codes import display_rotating
 from edge.errors import InvalidTransition
-from edge.ledger import ACKED_KEY, OUTBOX_SPAN_SQL, unacked_span
+from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, OUTBOX_SPAN_SQL, Ledger, unacked_span
 from edge.rules import Reason
-from edge.store import transaction
+from edge.store import Schema, open_db, transaction
 from sync.hub.issuer import BundleContent, load_private, new_holder_key
 from tests.conftest import HOUR, NOW, Box
 
@@ -238,3 +240,53 @@ def test_the_outbox_depth_reads_the_key_ends_not_the_whole_backlog(box: Box) -> 
     with transaction(conn):
         svc.ledger.set_meta(ACKED_KEY, f"{svc.ledger.meta('epoch')} {first + 3}")
     assert svc.ledger.outbox_depth() == 6 and unacked_span(conn) == (first + 4, last)
+
+
+def _grouped(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT state, count(*) FROM redemptions GROUP BY state")
+    return {str(s): int(n) for s, n in rows}
+
+
+def test_the_status_counts_follow_every_redemption_without_a_scan(box: Box) -> None:
+    """The status screen asks every 5 s: the counts come from a table the writes keep."""
+    box.config_text(GATE)
+    svc = box.service()
+    svc.import_bundle(box.snapshot())
+    gate = [svc.redeem(box.ticket()[0], "gate-in") for _ in range(4)]
+    svc.redeem(box.ticket()[0], "counter")
+    assert all(d.admit and d.redemption_id for d in gate)
+    svc.confirm(bytes.fromhex(gate[0].redemption_id or ""))
+    svc.void(bytes.fromhex(gate[1].redemption_id or ""), "nobody passed")
+    svc.confirm(bytes.fromhex(gate[2].redemption_id or ""), passed=0)  # a void too
+    svc.void(bytes.fromhex(gate[1].redemption_id or ""), "again")  # voided already: no change
+    counts = svc.ledger.counts()
+    assert counts == _grouped(svc.ledger.conn) == {"confirmed": 2, "pending": 1, "voided": 2}
+    statements: list[str] = []
+    svc.ledger.conn.set_trace_callback(statements.append)
+    svc.ledger.counts()
+    svc.ledger.conn.set_trace_callback(None)
+    assert statements and all("FROM redemptions " not in s for s in statements), statements
+
+
+def test_the_counts_migration_counts_the_redemptions_already_there(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    old = Schema("ledger", LEDGER_SCHEMA.migrations[:7])
+    conn = open_db(path, old, create=True)
+    states = ["confirmed"] * 5 + ["voided"] * 2 + ["pending"]
+    for i, state in enumerate(states):
+        conn.execute(
+            "INSERT INTO redemptions (id, canonical_id, list_id, direction, kind, product, "
+            "persons, state, lane, created_at, updated_at, business_day, valid_until, "
+            "cache_seq, clock_suspect) VALUES (?, ?, 'main', 'entry', 'ticket', 'adult', 1, ?, "
+            "'gate', ?, ?, '2026-11-22', 0, 1, 0)",
+            (bytes([i]) * 16, f"T{i}", state, NOW, NOW),
+        )
+    conn.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.counts() == {"confirmed": 5, "voided": 2, "pending": 1}
+        with transaction(ledger.conn):
+            ledger.conn.execute("DELETE FROM redemptions WHERE state = 'pending'")
+        assert ledger.counts() == _grouped(ledger.conn) == {"confirmed": 5, "voided": 2}
+    finally:
+        ledger.close()
