@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Loop = Callable[[asyncio.Event], Awaitable[None]]
 T = TypeVar("T")
+ALERTS_POLL_S = 0.5  # a stop or reload waits up to this for the alert forwarder (tests shorten it)
 
 
 class Box:
@@ -171,7 +172,7 @@ class Box:
         sub = self.bus.subscribe({"device"})
         try:
             while not stop.is_set():
-                event = await sub.get(timeout=0.5)
+                event = await sub.get(timeout=ALERTS_POLL_S)
                 if event is not None:
                     await self.record("device_alert", dict(event.data))
         finally:

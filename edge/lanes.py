@@ -41,6 +41,7 @@ FIRE_POLL_S = 1.0
 # A read blocks the scanner's thread this long at most: the beep for a decision waits behind it.
 SCAN_READ_S = 0.05
 COMMAND_TTL_S = 5.0  # a scan older than this when its turn comes is not acted on
+SERVE_POLL_S = 0.5  # a stop or reload waits up to this for each lane's serve() (tests shorten it)
 
 
 _Item = tuple[str, float, str, "asyncio.Future[dict[str, Any]] | None"]
@@ -124,7 +125,7 @@ class Lane:
     async def serve(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                text, t0, source, fut = await asyncio.wait_for(self.queue.get(), 0.5)
+                text, t0, source, fut = await asyncio.wait_for(self.queue.get(), SERVE_POLL_S)
             except TimeoutError:
                 continue
             try:

@@ -93,11 +93,13 @@ class Link(LinkUplink, LinkDownlink):
         clock: Callable[[], float] = time.time,
         resend_after: float = RESEND_AFTER_S,
         backoff_max: float = 60.0,
+        reconnect_pause_s: float = 1.0,
         status_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """`on_down(down)` and `on_refused(reason, detail)` run on the link's thread: hand the
         work over (e.g. loop.call_soon_threadsafe), do not block. `status_extra()` adds fields
-        (e.g. cache_seq) to the retained online status."""
+        (e.g. cache_seq) to the retained online status. `reconnect_pause_s`: paho's fixed
+        pause before each reconnect attempt; the growing, jittered backoff comes on top."""
         self.store = store
         self.box = store.box
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -106,6 +108,7 @@ class Link(LinkUplink, LinkDownlink):
         self.clock = clock
         self.resend_after = resend_after
         self.backoff_max = backoff_max
+        self.reconnect_pause_s = reconnect_pause_s
         self.status_extra = status_extra
         self.version = _version()
         self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -151,7 +154,10 @@ class Link(LinkUplink, LinkDownlink):
         c.tls_set_context(self._ctx)  # kept: a certificate rotation reloads it in place
         c.will_set(protocol.up_status(self.box), _status_doc("offline"), qos=1, retain=True)
         c.max_inflight_messages_set(MAX_IN_FLIGHT)
-        c.reconnect_delay_set(1, 1)  # the growing, jittered part is _pre_connect's
+        # The growing, jittered part is _pre_connect's. paho annotates int; it only adds and
+        # compares the value, so a fraction of a second works.
+        pause = self.reconnect_pause_s
+        c.reconnect_delay_set(pause, pause)  # type: ignore[arg-type]
         c.on_log = self._guard(self._on_log)
         c.on_pre_connect = self._guard(self._pre_connect, passthrough=OSError)
         c.on_connect = self._guard(self._on_connect)

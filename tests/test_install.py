@@ -388,7 +388,7 @@ def failed(box: Box, upgrade: Upgrade) -> tuple[Run, str]:
         {"edge/ledger.py": BUMP_LEDGER},  # a release with one more ledger migration
     )
     return box.run(
-        "--wheelhouse", box.dir / "wheels-0.3", "--health-timeout", "2", BAD_VERSION="0.3.0"
+        "--wheelhouse", box.dir / "wheels-0.3", "--health-timeout", "1", BAD_VERSION="0.3.0"
     ), good
 
 
@@ -397,7 +397,7 @@ def test_failing_upgrade_rolls_back_and_restores_only_migrated_databases(
 ) -> None:
     run, good = failed
     assert run.rc == 3, run.out
-    assert "ROLLED BACK 已回滚" in run.out and "did not become healthy within 2s" in run.out
+    assert "ROLLED BACK 已回滚" in run.out and "did not become healthy within 1s" in run.out
     assert "未就绪" in run.out and "databases restored 已恢复数据库" in run.out
     assert box.release("current") == good and box.release("previous") == upgrade.old
     bad = next(r for r in run.health if r.startswith("0.3.0-"))

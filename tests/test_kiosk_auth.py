@@ -5,6 +5,7 @@ roles, lockout and enumeration resistance through FastAPI's test client on a rea
 # make_app, whose Depends(...) refer to locals.
 import io
 import json
+import shutil
 import sqlite3
 import sys
 import time
@@ -20,7 +21,16 @@ from fastapi.testclient import TestClient
 
 from edge.cli import main
 from kiosk_ui.auth_api import COOKIE, CSRF_HEADER, KioskAuth
-from kiosk_ui.users import KdfParams, Role, User, UserStore, hash_pin, open_kiosk_db, verify_pin
+from kiosk_ui.users import (
+    DB_NAME,
+    KdfParams,
+    Role,
+    User,
+    UserStore,
+    hash_pin,
+    open_kiosk_db,
+    verify_pin,
+)
 
 T0 = 1_777_600_800.0
 
@@ -86,11 +96,21 @@ def csrf_of(r: Any) -> dict[str, str]:
     return {CSRF_HEADER: r.json()["csrf_token"]}
 
 
+@pytest.fixture(scope="module")
+def staff_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three users, added once (each PIN costs a real scrypt hash, ~0.1 s)."""
+    d = tmp_path_factory.mktemp("staff")
+    add_user(d, "wang", Role.CASHIER, "2580")
+    add_user(d, "li", Role.SUPERVISOR, "139246")
+    add_user(d, "zhao", Role.TECHNICIAN, "864213")
+    assert [p.name for p in d.iterdir()] == [DB_NAME]  # closed: nothing left in a WAL
+    return d / DB_NAME
+
+
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    add_user(tmp_path, "wang", Role.CASHIER, "2580")
-    add_user(tmp_path, "li", Role.SUPERVISOR, "139246")
-    add_user(tmp_path, "zhao", Role.TECHNICIAN, "864213")
+def state(tmp_path: Path, staff_db: Path) -> Path:
+    """A state directory of the test's own, with a copy of the users' kiosk.db."""
+    shutil.copy2(staff_db, tmp_path / DB_NAME)
     return tmp_path
 
 

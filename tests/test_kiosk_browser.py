@@ -231,6 +231,7 @@ def test_voucher_needs_one_confirming_tap_then_the_receipt_prints(env: Env) -> N
     typed, scanned = site.vouchers[0], site.vouchers[1]
     with env.tab() as t, BusWatch(d, {"decision", "print"}) as bus:
         t.login(CASHIER)
+        expect(t.by("scan-input")).to_be_focused()  # keys typed before would go elsewhere
         redemptions = outbox_types(d).count("redemption")
         t.wedge(typed)
         expect(t.by("decision")).to_have_attribute("data-decision", "confirm")

@@ -25,11 +25,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.errors import StoreError
 from edge.ledger import LEDGER_SCHEMA, Ledger
 from edge.store import open_db, transaction
-from sync import protocol
+from sync import link_uplink, protocol
 from sync.hub.issuer import Hub
 from sync.link import Link, backoff_delay
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
-from sync.link_uplink import QUIET_S
 from sync.pki import tls_client_context
 from sync.protocol import Down, Event
 from tests.broker import (  # noqa: F401  (the *_fixture names register fixtures)
@@ -251,15 +250,19 @@ def rows(ledger: Ledger) -> int:
 
 
 def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_them(
-    hub: HubStandIn, links: Links, ledger: Ledger
+    hub: HubStandIn, links: Links, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The sweep's quiet time, read at each look: 1 s here instead of a box's 2 s (three waits
+    # for it below). The lanes' writes below come every ~0.1 s, far inside it either way.
+    quiet = 1.0
+    monkeypatch.setattr(link_uplink, "QUIET_S", quiet)
     link = links()
     append(ledger, 200)
     link.notify()
     wait(lambda: hub.count() == 200 and ledger.outbox_depth() == 0, what="200 events acked")
     # While the lanes keep writing, acked rows stay: deleting them takes the write lock the
     # lanes' redemptions need (it doubled their latency during a drain).
-    until = time.monotonic() + QUIET_S * 0.6
+    until = time.monotonic() + quiet * 0.6
     while time.monotonic() < until:
         append(ledger, 1)
         link.notify()
@@ -267,7 +270,7 @@ def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_th
     assert rows(ledger) >= 200
     wait(lambda: ledger.outbox_depth() == 0, what="the last rows acked")
     # Quiet: the sweep deletes them.
-    wait(lambda: rows(ledger) == 0, timeout=QUIET_S + 15, what="the acked rows swept")
+    wait(lambda: rows(ledger) == 0, timeout=quiet + 15, what="the acked rows swept")
     # Acked but not swept when the link stops: the next run goes on after the recorded mark
     # and does not send them again.
     append(ledger, 100)
@@ -282,7 +285,7 @@ def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_th
     again.notify()
     wait(lambda: hub.count() == high + 1 and ledger.outbox_depth() == 0, what="one more event")
     assert max(hub.copies.values()) == 1, "an acked event was sent again after the restart"
-    wait(lambda: rows(ledger) == 0, timeout=QUIET_S + 15, what="the leftovers swept")
+    wait(lambda: rows(ledger) == 0, timeout=quiet + 15, what="the leftovers swept")
 
 
 def test_unacked_rows_are_sent_again_and_the_hub_dedupes(
