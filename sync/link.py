@@ -136,7 +136,10 @@ class Link(LinkUplink, LinkDownlink):
         self._offset = 0.0
         self._status_mid: int | None = None
         self._last_poll = 0.0
-        self._recorded, self._recorded_at, self._swept, self._active_at = 0, 0.0, 0, 0.0
+        self._recorded, self._recorded_at, self._swept = 0, 0.0, 0
+        # Not quiet until QUIET_S has passed: a link (re)started at noon must not take the lanes
+        # for idle and sweep in big chunks beside their commits.
+        self._active_at = time.monotonic()
         self._chain = (cert, key)  # what goes back into the context if a rotation fails
         self._rotation: tuple[Future[bool], float] | None = None  # (result, deadline)
         self._ctx = tls_client_context(ca, cert, key)
@@ -329,6 +332,7 @@ class Link(LinkUplink, LinkDownlink):
         """Go on after the ack mark an earlier run recorded (rows through it may still be in
         the outbox, waiting for a sweep): they are not sent again."""
         self._acked = self._recorded = self.store.acked_stored()
+        self._swept = self._recorded - self.store.acked_waiting()
         self._reader.skip_through(self._acked)
         self._set(acked_through=self._acked, outbox=self.store.depth())
 

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sync import protocol
-from sync.link_store import LinkStore, OutboxReader
+from sync.link_store import BUSY_DELETE_CHUNK, LinkStore, OutboxReader
 from sync.protocol import MAX_IN_FLIGHT, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ RECORD_EVERY_S = 0.5  # the hub's ack mark is written to the ledger at most this
 QUIET_S = 2.0  # acked rows are deleted after this long without new outbox rows
 SWEEP_LAG_ROWS = 200_000  # ... or once this many acked rows wait, quiet or not
 SWEEP_ROWS = 5000  # deleted per turn of the link's loop
+BUSY_SWEEP_ROWS = 500  # ... when the lanes are not quiet (50 rows per transaction)
+BUSY_SWEEP_EVERY_S = 0.25  # and a turn this often then (about 2,000 rows/s)
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 
 
@@ -137,13 +139,17 @@ class LinkUplink:
         in flight): each delete is a write on the ledger the lanes commit redemptions to, and
         during a drain it doubled their latency. A box that is never quiet sweeps anyway once
         SWEEP_LAG_ROWS acked rows wait. At most SWEEP_ROWS per turn, so the link keeps
-        publishing and a scan that comes meanwhile waits for one short chunk at most."""
+        publishing and a scan that comes meanwhile waits for one short chunk at most: 500
+        rows when quiet, 50 (about a millisecond of the write lock) when not."""
         if self._swept >= self._recorded:
             return
         quiet = time.monotonic() - self._active_at >= QUIET_S and not self._flights
         if not quiet and self._recorded - self._swept < SWEEP_LAG_ROWS:
             return
-        n = self.store.sweep(SWEEP_ROWS)
+        if quiet:
+            n = self.store.sweep(SWEEP_ROWS)
+        else:
+            n = self.store.sweep(BUSY_SWEEP_ROWS, BUSY_DELETE_CHUNK)
         if n == 0:
             self._swept = self._recorded
         else:
@@ -154,6 +160,8 @@ class LinkUplink:
         """Seconds until the ack mark is due to be recorded or a sweep may run (None: none)."""
         if self._recorded < self._acked:
             return self._recorded_at + RECORD_EVERY_S - time.monotonic()
+        if self._recorded - self._swept >= SWEEP_LAG_ROWS:
+            return BUSY_SWEEP_EVERY_S
         if self._swept < self._recorded:
             return max(0.0, self._active_at + QUIET_S - time.monotonic())
         return None

@@ -25,7 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.errors import StoreError
 from edge.ledger import LEDGER_SCHEMA, Ledger
 from edge.store import open_db, transaction
-from sync import link_uplink, protocol
+from sync import link_store, link_uplink, protocol
 from sync.hub.issuer import Hub
 from sync.link import Link, backoff_delay
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
@@ -286,6 +286,43 @@ def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_th
     wait(lambda: hub.count() == high + 1 and ledger.outbox_depth() == 0, what="one more event")
     assert max(hub.copies.values()) == 1, "an acked event was sent again after the restart"
     wait(lambda: rows(ledger) == 0, timeout=quiet + 15, what="the leftovers swept")
+
+
+class SweepLog(LedgerLinkStore):
+    """The ledger's link store, noting the size of each sweep's transactions."""
+
+    chunks: list[int]
+
+    def sweep(self, max_rows: int, chunk: int = link_store.DELETE_CHUNK) -> int:
+        self.chunks = [*getattr(self, "chunks", []), chunk]
+        return super().sweep(max_rows, chunk)
+
+
+def test_a_box_that_is_never_quiet_sweeps_a_long_lag_in_small_bites(
+    hub: HubStandIn, links: Links, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate busy all day never gives the sweep its quiet time: past SWEEP_LAG_ROWS acked rows
+    it deletes anyway, BUSY_DELETE_CHUNK rows a transaction (the write lock held about a
+    millisecond beside the lanes' commits). A restart knows the lag that is left."""
+    monkeypatch.setattr(link_uplink, "QUIET_S", 3600.0)  # never quiet here
+    monkeypatch.setattr(link_uplink, "SWEEP_LAG_ROWS", 300)
+    store = SweepLog(ledger.path, box=BOX, site=SITE)
+    link = links(store)
+    append(ledger, 250)
+    link.notify()
+    wait(lambda: ledger.outbox_depth() == 0, what="250 events acked")
+    assert rows(ledger) == 250 and not getattr(store, "chunks", [])  # under the lag: kept
+    link.stop()
+    append(ledger, 100)  # 250 acked rows wait; the next run finds 350 in all
+    store = SweepLog(ledger.path, box=BOX, site=SITE)
+    again = links(store)
+    deadline = time.monotonic() + 20
+    while not (getattr(store, "chunks", []) and rows(ledger) < 300):
+        assert time.monotonic() < deadline, "the lag was not swept while the lanes were busy"
+        append(ledger, 1)  # the lanes keep writing: never quiet
+        again.notify()
+        time.sleep(0.05)
+    assert store.chunks and set(store.chunks) == {link_store.BUSY_DELETE_CHUNK}, store.chunks
 
 
 def test_unacked_rows_are_sent_again_and_the_hub_dedupes(
