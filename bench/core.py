@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import durable, validate
 from bench.codesource import KINDS, CodeSource
 from bench.fixture import Fixture, Sizes, build_in_child
-from bench.stats import Figures, Noise, median, progress, wait_quiet
+from bench.stats import Figures, Noise, add_noise, drop_work, median, progress, wait_quiet
 from edge.config import load
 from edge.service import RedemptionService
 
@@ -177,11 +177,5 @@ def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
         finally:
             svc.close()
     finally:
-        if keep:
-            progress(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    cpu, io = whole.percent()
-    figures.add("noise_cpu_pressure_pct", cpu, "%", 1)
-    figures.add("noise_io_pressure_pct", io, "%", 1)
-    return figures
+        drop_work(work, keep)
+    return add_noise(figures, whole)

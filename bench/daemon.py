@@ -19,7 +19,6 @@ the event stream connected; its rate is the daemon's decision capacity.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,16 @@ from bench.daemon_load import (
 )
 from bench.daemon_site import Api, CpuMeter, DaemonProc, Hardware
 from bench.fixture import Fixture, Sizes, build_in_child
-from bench.stats import Figures, Noise, median, percentile, progress, wait_quiet
+from bench.stats import (
+    Figures,
+    Noise,
+    add_noise,
+    drop_work,
+    median,
+    percentile,
+    progress,
+    wait_quiet,
+)
 
 DEDUPE_S = 8.0  # edge.config_sections.LaneConfig.dedupe_s: a ticket admitted is ignored this long
 SCANNER_DEDUP_S = 2.0  # drivers.scanner.ScannerOptions.dedup
@@ -335,11 +343,5 @@ def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
             proc.close()
         if hw is not None:
             hw.close()
-        if keep:
-            progress(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    cpu, io = whole.percent()
-    figures.add("noise_cpu_pressure_pct", cpu, "%", 1)
-    figures.add("noise_io_pressure_pct", io, "%", 1)
-    return figures
+        drop_work(work, keep)
+    return add_noise(figures, whole)

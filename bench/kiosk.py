@@ -22,13 +22,21 @@ tests: tests/browser_kit.py); Chromium is its own process. Phases:
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.stats import Figures, Noise, median, percentile, progress, wait_quiet
+from bench.stats import (
+    Figures,
+    Noise,
+    add_noise,
+    drop_work,
+    median,
+    percentile,
+    progress,
+    wait_quiet,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -250,11 +258,5 @@ def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
             progress(f"scan to browser x{scans} on the counter's simulated scanner")
             _scans(figures, browser, d, site, scans)
     finally:
-        if keep:
-            progress(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    cpu, io = whole.percent()
-    figures.add("noise_cpu_pressure_pct", cpu, "%", 1)
-    figures.add("noise_io_pressure_pct", io, "%", 1)
-    return figures
+        drop_work(work, keep)
+    return add_noise(figures, whole)

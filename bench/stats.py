@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _T0 = time.monotonic()
 
@@ -182,3 +184,19 @@ def settle_disk(max_wait_s: float, limit_pct: float = 2.0) -> None:
         if not io > limit_pct:
             return
     progress(f"disk still busy after {max_wait_s:g} s; measuring anyway")
+
+
+def drop_work(work: Path, keep: bool) -> None:
+    """The end of a benchmark's run: its work directory goes, unless asked to keep it."""
+    if keep:
+        progress(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def add_noise(figures: Figures, whole: Noise) -> Figures:
+    """The share of the run in which other work competed for the CPU and the disk."""
+    cpu, io = whole.percent()
+    figures.add("noise_cpu_pressure_pct", cpu, "%", 1)
+    figures.add("noise_io_pressure_pct", io, "%", 1)
+    return figures

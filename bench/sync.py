@@ -23,11 +23,10 @@ hub_index_workaround=1, and measures one drain without it (drain_100k_no_index_*
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
-from bench.stats import Figures, Noise, progress
+from bench.stats import Figures, Noise, add_noise, drop_work, progress
 
 
 def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
@@ -77,11 +76,5 @@ def run(quick: bool, base: Path | None = None, keep: bool = False) -> Figures:
     finally:
         if lab is not None:
             lab.close()
-        if keep:
-            progress(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    cpu, io = whole.percent()
-    figures.add("noise_cpu_pressure_pct", cpu, "%", 1)
-    figures.add("noise_io_pressure_pct", io, "%", 1)
-    return figures
+        drop_work(work, keep)
+    return add_noise(figures, whole)

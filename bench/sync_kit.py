@@ -72,7 +72,7 @@ class SyncSizes:
             catchup_repeats=3,
             partition_s=8.0,
             daemon_drain=100_000,
-            daemon_repeats=2,
+            daemon_repeats=4,
             idle_scans=400,
             daemon_codes=20_000,
             fleet_boxes=100,

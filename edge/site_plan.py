@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from edge import config as cfgmod
 from edge.devscan import INPUT, KIND_TEXT, PRINTER, SERIAL, VIDEO, kind_of, resolve
 from edge.doctor import config_problems
 from edge.errors import ConfigError, EdgeError
+from edge.store import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -345,22 +345,7 @@ def restore(path: Path, kept: Path | None) -> None:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # the service user reads it; it holds no secret
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data, 0o644)  # the service user reads it; it holds no secret
 
 
 def command_line(

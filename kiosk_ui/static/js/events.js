@@ -3,7 +3,7 @@
 // restart or a logout) we reopen with backoff after checking the session. Each (re)connection
 // emits "open" so that screens refetch what they may have missed.
 
-import { byTestId } from "./dom.js";
+import { byTestId, debounce } from "./dom.js";
 import { t } from "./i18n.js";
 
 export const TOPICS = [
@@ -109,4 +109,20 @@ async function reopen() {
 // Refresh what the page shows after a lost connection: the "open" event (see above).
 export function onOpen(fn) {
   return on("open", fn);
+}
+
+// A screen that shows what the box reports: `refresh` now, again (debounced by `settleMs`) on
+// each event of `topics` and after every (re)connection, and every `everyMs` for what changes
+// without an event. Returns the debounced refresh (for other handlers) and a stop function.
+export function keepFresh(refresh, topics, everyMs, settleMs) {
+  const later = debounce(refresh, settleMs);
+  const offs = [...topics.map((topic) => on(topic, later)), onOpen(refresh)];
+  const tick = setInterval(refresh, everyMs);
+  refresh();
+  const stop = () => {
+    later.cancel();
+    clearInterval(tick);
+    offs.forEach((off) => off());
+  };
+  return { later, stop };
 }

@@ -3,7 +3,7 @@
 // emergency free passage live in gate_actions.js.
 
 import { get, post, session } from "./api.js";
-import { busy, debounce, h, notice } from "./dom.js";
+import { busy, h, notice } from "./dom.js";
 import { summary, verdict } from "./decision.js";
 import * as events from "./events.js";
 import { fmtTime, pick, t, tx } from "./i18n.js";
@@ -133,12 +133,14 @@ export function mount(root) {
       render();
     }
   }
-  const later = debounce(refresh, 400);
+  const live = events.keepFresh(refresh, ["crowd"], 15000, 400);
+  const later = live.later;
 
   const offs = [
     events.on("decision", (d) => {
+      if (d.duplicate) return;
       const lane = view && view.lanes && view.lanes[d.lane];
-      if (!lane || d.duplicate) return;
+      if (!lane) return later(); // the overview is still loading: it may predate this scan
       lane.last = d;
       render();
       if (verdict(d) === "deny") later();
@@ -149,7 +151,7 @@ export function mount(root) {
     }),
     events.on("lane", (l) => {
       const lane = view && view.lanes && view.lanes[l.lane];
-      if (!lane) return;
+      if (!lane) return later();
       if ("fire" in l) lane.fire = l.fire;
       if ("emergency" in l) lane.emergency = l.emergency;
       view.emergency = Object.values(view.lanes).some((x) => x.kind === "gate" && x.emergency);
@@ -163,15 +165,10 @@ export function mount(root) {
       else if (o.zone) view.zones = (view.zones || []).map((z) => (z.zone === o.zone ? { ...z, ...o } : z));
       render();
     }),
-    events.on("crowd", later),
-    events.onOpen(refresh),
   ];
-  const tick = setInterval(refresh, 15000);
-  refresh();
   return () => {
     alive = false;
-    later.cancel();
-    clearInterval(tick);
+    live.stop();
     offs.forEach((off) => off());
     force.cleanup();
   };

@@ -2,7 +2,7 @@
 // reprint, a test page per printer.
 
 import { get, post } from "./api.js";
-import { busy, debounce, h, notice } from "./dom.js";
+import { busy, h, notice } from "./dom.js";
 import * as events from "./events.js";
 import { fmtTime, pickDetail, t, tx } from "./i18n.js";
 
@@ -55,13 +55,13 @@ export function mount(root) {
   async function testPage(name) {
     const out = await post(`/printers/${encodeURIComponent(name)}/test-page`, {});
     if (out) notice(t("printers.test_sent", { printer: name }));
-    later();
+    live.later();
   }
 
   async function reprint(id) {
     const out = await post(`/printers/jobs/${encodeURIComponent(id)}/reprint`, {});
     if (out) notice(t("printers.reprint_sent"));
-    later();
+    live.later();
   }
 
   async function refresh() {
@@ -72,14 +72,9 @@ export function mount(root) {
     const rows = data.jobs || [];
     jobs.replaceChildren(...(rows.length ? rows.map(jobRow) : [h("tr", {}, h("td", { colspan: 6, class: "empty" }, t("common.none")))]));
   }
-  const later = debounce(refresh, 300);
-  const offs = [events.on("print", later), events.on("device", later), events.onOpen(refresh)];
-  const tick = setInterval(refresh, 10000);
-  refresh();
+  const live = events.keepFresh(refresh, ["print", "device"], 10000, 300);
   return () => {
     alive = false;
-    later.cancel();
-    clearInterval(tick);
-    offs.forEach((off) => off());
+    live.stop();
   };
 }

@@ -2,7 +2,7 @@
 // the certificate, the clock, the version and the TLS fingerprint to compare on a phone.
 
 import { get } from "./api.js";
-import { debounce, h } from "./dom.js";
+import { h } from "./dom.js";
 import * as events from "./events.js";
 import { fmtAge, fmtDateTime, pickDetail, t, tx } from "./i18n.js";
 
@@ -96,14 +96,9 @@ export function mount(root) {
     const s = await get("/status");
     if (alive && s) render(s);
   }
-  const later = debounce(refresh, 500);
-  const offs = [events.on("device", later), events.on("cloud", later), events.onOpen(refresh)];
-  const tick = setInterval(refresh, 5000);
-  refresh();
+  const live = events.keepFresh(refresh, ["device", "cloud"], 5000, 500);
   return () => {
     alive = false;
-    later.cancel();
-    clearInterval(tick);
-    offs.forEach((off) => off());
+    live.stop();
   };
 }
