@@ -29,9 +29,11 @@ from edge.errors import Stopping
 from edge.http_tls import tls_info
 from edge.lane_gate import manual_open
 from edge.lanes import Lane
+from edge.ledger import Ledger
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
 from edge.occupancy import CrowdWatch, ZoneLevel
+from edge.outbox_sweep import OutboxSweeper
 from edge.outbox_watch import OutboxWatch
 from edge.pickups import PickupStore
 from edge.rules import Reason, zone_info
@@ -75,6 +77,7 @@ class Box:
         self.metrics = Registry()
         self.m_decisions, self.m_latency = box_metrics.register(self.metrics, self)
         self.watch = OutboxWatch(self)  # backlog alarm, telemetry coalescing (and their metrics)
+        self.sweeper = OutboxSweeper(self.db, self._ledger)  # acked rows leave the outbox
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -165,7 +168,12 @@ class Box:
         out.append(("spool", self.spool.run))
         out.append(("alerts", self._forward_alerts))
         out.append(("outbox-watch", self.watch.run))
+        out.append(("outbox-sweep", self.sweeper.run))
         return out
+
+    def _ledger(self) -> Ledger:
+        assert self.svc is not None
+        return self.svc.ledger
 
     async def _forward_alerts(self, stop: asyncio.Event) -> None:
         """Device alerts (down, up again, paper out) go to the cloud through the outbox."""

@@ -136,10 +136,7 @@ class Link(LinkUplink, LinkDownlink):
         self._offset = 0.0
         self._status_mid: int | None = None
         self._last_poll = 0.0
-        self._recorded, self._recorded_at, self._swept = 0, 0.0, 0
-        # Not quiet until QUIET_S has passed: a link (re)started at noon must not take the lanes
-        # for idle and sweep in big chunks beside their commits.
-        self._active_at = time.monotonic()
+        self._recorded, self._recorded_at = 0, 0.0
         self._chain = (cert, key)  # what goes back into the context if a rotation fails
         self._rotation: tuple[Future[bool], float] | None = None  # (result, deadline)
         self._ctx = tls_client_context(ca, cert, key)
@@ -330,9 +327,8 @@ class Link(LinkUplink, LinkDownlink):
 
     def _resume(self) -> None:
         """Go on after the ack mark an earlier run recorded (rows through it may still be in
-        the outbox, waiting for a sweep): they are not sent again."""
+        the outbox, waiting for the daemon's sweep): they are not sent again."""
         self._acked = self._recorded = self.store.acked_stored()
-        self._swept = self._recorded - self.store.acked_waiting()
         self._reader.skip_through(self._acked)
         self._set(acked_through=self._acked, outbox=self.store.depth())
 
@@ -363,7 +359,6 @@ class Link(LinkUplink, LinkDownlink):
         elif kind == "message":
             self._message(*item[1:])
         elif kind == "notify":
-            self._active_at = time.monotonic()
             self._reader.wake()
         elif kind == "status":
             if self._connected:

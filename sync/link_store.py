@@ -29,9 +29,6 @@ from sync.protocol import Batch, Down, Event, batches
 log = logging.getLogger(__name__)
 
 FETCH_ROWS = 2000
-DELETE_CHUNK = 500  # acked rows deleted per transaction (the lanes are quiet)
-BUSY_DELETE_CHUNK = 50  # ... while they are not: the write lock is held about a millisecond
-DELETE_PAUSE_S = 0.003  # between those transactions: a lane waiting for the lock gets it
 
 
 class LinkStore(Protocol):
@@ -57,15 +54,6 @@ class LinkStore(Protocol):
 
     def acked_stored(self) -> int:
         """What `acked` recorded for this ledger's epoch (0: nothing)."""
-        ...
-
-    def sweep(self, max_rows: int, chunk: int = DELETE_CHUNK) -> int:
-        """Delete up to `max_rows` of the rows recorded as acked, `chunk` rows per transaction;
-        returns how many."""
-        ...
-
-    def acked_waiting(self) -> int:
-        """Rows recorded as acked that are still in the outbox (a sweep's work)."""
         ...
 
     def depth(self) -> int:
@@ -162,36 +150,6 @@ class LedgerLinkStore:
 
     def acked_stored(self) -> int:
         return acked_through(self._db())
-
-    def sweep(self, max_rows: int, chunk: int = DELETE_CHUNK) -> int:
-        """Delete in short transactions, without a sync to disk, pausing between them: the
-        lanes commit redemptions to this file, and a lane that finds the write lock taken
-        sleeps in SQLite's busy handler (1, 2, 5, 10... ms). A power cut may bring deleted rows
-        back; they are below the acked mark and are deleted again."""
-        conn = self._db()
-        lo = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
-        through = min(acked_through(conn), (lo or 0) + max_rows - 1)
-        if lo is None or lo > through:
-            return 0
-        dropped = 0
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            while lo <= through:
-                top = min(through, lo + chunk - 1)
-                with transaction(conn):
-                    cur = conn.execute("DELETE FROM outbox WHERE seq <= ?", (top,))
-                dropped += cur.rowcount
-                lo = top + 1
-                if lo <= through:
-                    time.sleep(DELETE_PAUSE_S)
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
-        return dropped
-
-    def acked_waiting(self) -> int:
-        conn = self._db()
-        lo = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
-        return 0 if lo is None else max(0, acked_through(conn) - int(lo) + 1)
 
     def depth(self) -> int:
         return outbox_depth(self._db())

@@ -18,18 +18,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sync import protocol
-from sync.link_store import BUSY_DELETE_CHUNK, LinkStore, OutboxReader
+from sync.link_store import LinkStore, OutboxReader
 from sync.protocol import MAX_IN_FLIGHT, ProtocolError
 
 log = logging.getLogger(__name__)
 
 WINDOW = 2 * MAX_IN_FLIGHT  # batches awaiting the hub's ack
 RECORD_EVERY_S = 0.5  # the hub's ack mark is written to the ledger at most this often
-QUIET_S = 2.0  # acked rows are deleted after this long without new outbox rows
-SWEEP_LAG_ROWS = 200_000  # ... or once this many acked rows wait, quiet or not
-SWEEP_ROWS = 5000  # deleted per turn of the link's loop
-BUSY_SWEEP_ROWS = 500  # ... when the lanes are not quiet (50 rows per transaction)
-BUSY_SWEEP_EVERY_S = 0.25  # and a turn this often then (about 2,000 rows/s)
 POLL_S = 5.0  # re-read the outbox even without notify(): a missed wake-up only costs time
 
 
@@ -65,8 +60,6 @@ class LinkUplink:
     _last_poll: float
     _recorded: int  # the ack mark stored in the ledger
     _recorded_at: float  # monotonic
-    _swept: int  # acked rows deleted through about this seq (the sweep's progress)
-    _active_at: float  # monotonic: new outbox rows were announced or sent
 
     if TYPE_CHECKING:
 
@@ -124,7 +117,8 @@ class LinkUplink:
 
     def _record_acked(self, *, force: bool = False) -> None:
         """Record the hub's ack mark (one meta row), at most every RECORD_EVERY_S: the rows
-        through it have left the outbox. Deleting them is a later sweep's work."""
+        through it have left the outbox. The daemon deletes them (edge/outbox_sweep.py), on
+        the thread its lanes write on."""
         if self._recorded >= self._acked:
             return
         now = time.monotonic()
@@ -134,42 +128,15 @@ class LinkUplink:
         self._recorded, self._recorded_at = self._acked, now
         self._set(outbox=self.store.depth())
 
-    def _sweep(self) -> None:
-        """Delete acked rows when the lanes are quiet (no new outbox rows for QUIET_S, nothing
-        in flight): each delete is a write on the ledger the lanes commit redemptions to, and
-        during a drain it doubled their latency. A box that is never quiet sweeps anyway once
-        SWEEP_LAG_ROWS acked rows wait. At most SWEEP_ROWS per turn, so the link keeps
-        publishing and a scan that comes meanwhile waits for one short chunk at most: 500
-        rows when quiet, 50 (about a millisecond of the write lock) when not."""
-        if self._swept >= self._recorded:
-            return
-        quiet = time.monotonic() - self._active_at >= QUIET_S and not self._flights
-        if not quiet and self._recorded - self._swept < SWEEP_LAG_ROWS:
-            return
-        if quiet:
-            n = self.store.sweep(SWEEP_ROWS)
-        else:
-            n = self.store.sweep(BUSY_SWEEP_ROWS, BUSY_DELETE_CHUNK)
-        if n == 0:
-            self._swept = self._recorded
-        else:
-            self._swept += n
-        log.debug("swept %d acked rows", n)
-
     def _drop_due(self) -> float | None:
-        """Seconds until the ack mark is due to be recorded or a sweep may run (None: none)."""
+        """Seconds until the ack mark is due to be recorded (None: nothing to record)."""
         if self._recorded < self._acked:
             return self._recorded_at + RECORD_EVERY_S - time.monotonic()
-        if self._recorded - self._swept >= SWEEP_LAG_ROWS:
-            return BUSY_SWEEP_EVERY_S
-        if self._swept < self._recorded:
-            return max(0.0, self._active_at + QUIET_S - time.monotonic())
         return None
 
     def _pump(self) -> None:
         self._rotation_check(connected=False)
         self._record_acked()
-        self._sweep()
         now = self.clock()
         if now - self._last_poll >= POLL_S:
             self._last_poll = now
@@ -187,7 +154,6 @@ class LinkUplink:
                 batch = self._reader.next_batch()
                 if batch is None:
                     break
-                self._active_at = time.monotonic()
                 new = _Flight(batch.events[0].seq, batch.events[-1].seq, batch.encode())
                 self._flights[new.first] = new
                 self._send(new, again=False)

@@ -23,9 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import StoreError
-from edge.ledger import LEDGER_SCHEMA, Ledger
+from edge.ledger import LEDGER_SCHEMA, Ledger, acked_through
 from edge.store import open_db, transaction
-from sync import link_store, link_uplink, protocol
+from sync import protocol
 from sync.hub.issuer import Hub
 from sync.link import Link, backoff_delay
 from sync.link_store import LedgerLinkStore, inbox_done, inbox_unhandled
@@ -249,80 +249,28 @@ def rows(ledger: Ledger) -> int:
     return int(ledger.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
 
-def test_acked_rows_are_deleted_only_when_quiet_and_a_restart_does_not_resend_them(
-    hub: HubStandIn, links: Links, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+def test_acked_rows_stay_for_the_daemon_and_a_restart_does_not_resend_them(
+    hub: HubStandIn, links: Links, ledger: Ledger
 ) -> None:
-    # The sweep's quiet time, read at each look: 1 s here instead of a box's 2 s (three waits
-    # for it below). The lanes' writes below come every ~0.1 s, far inside it either way.
-    quiet = 1.0
-    monkeypatch.setattr(link_uplink, "QUIET_S", quiet)
+    """The link records the hub's ack mark; the rows through it stay in the outbox until the
+    daemon sweeps them (edge/outbox_sweep.py, tests/test_outbox_sweep.py). A new link goes on
+    after the mark and does not send them again."""
     link = links()
     append(ledger, 200)
     link.notify()
     wait(lambda: hub.count() == 200 and ledger.outbox_depth() == 0, what="200 events acked")
-    # While the lanes keep writing, acked rows stay: deleting them takes the write lock the
-    # lanes' redemptions need (it doubled their latency during a drain).
-    until = time.monotonic() + quiet * 0.6
-    while time.monotonic() < until:
-        append(ledger, 1)
-        link.notify()
-        time.sleep(0.1)
-    assert rows(ledger) >= 200
-    wait(lambda: ledger.outbox_depth() == 0, what="the last rows acked")
-    # Quiet: the sweep deletes them.
-    wait(lambda: rows(ledger) == 0, timeout=quiet + 15, what="the acked rows swept")
-    # Acked but not swept when the link stops: the next run goes on after the recorded mark
-    # and does not send them again.
-    append(ledger, 100)
-    link.notify()
-    wait(lambda: ledger.outbox_depth() == 0, what="100 more acked")
     link.stop()
-    assert rows(ledger) == 100
-    high = hub.count()
+    assert rows(ledger) == 200 and acked_through(ledger.conn) == max_seq(ledger)
     again = links()
     wait(lambda: again.status()["connected"], what="the new link to connect")
     append(ledger, 1)
     again.notify()
-    wait(lambda: hub.count() == high + 1 and ledger.outbox_depth() == 0, what="one more event")
+    wait(lambda: hub.count() == 201 and ledger.outbox_depth() == 0, what="one more event")
     assert max(hub.copies.values()) == 1, "an acked event was sent again after the restart"
-    wait(lambda: rows(ledger) == 0, timeout=quiet + 15, what="the leftovers swept")
 
 
-class SweepLog(LedgerLinkStore):
-    """The ledger's link store, noting the size of each sweep's transactions."""
-
-    chunks: list[int]
-
-    def sweep(self, max_rows: int, chunk: int = link_store.DELETE_CHUNK) -> int:
-        self.chunks = [*getattr(self, "chunks", []), chunk]
-        return super().sweep(max_rows, chunk)
-
-
-def test_a_box_that_is_never_quiet_sweeps_a_long_lag_in_small_bites(
-    hub: HubStandIn, links: Links, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A gate busy all day never gives the sweep its quiet time: past SWEEP_LAG_ROWS acked rows
-    it deletes anyway, BUSY_DELETE_CHUNK rows a transaction (the write lock held about a
-    millisecond beside the lanes' commits). A restart knows the lag that is left."""
-    monkeypatch.setattr(link_uplink, "QUIET_S", 3600.0)  # never quiet here
-    monkeypatch.setattr(link_uplink, "SWEEP_LAG_ROWS", 300)
-    store = SweepLog(ledger.path, box=BOX, site=SITE)
-    link = links(store)
-    append(ledger, 250)
-    link.notify()
-    wait(lambda: ledger.outbox_depth() == 0, what="250 events acked")
-    assert rows(ledger) == 250 and not getattr(store, "chunks", [])  # under the lag: kept
-    link.stop()
-    append(ledger, 100)  # 250 acked rows wait; the next run finds 350 in all
-    store = SweepLog(ledger.path, box=BOX, site=SITE)
-    again = links(store)
-    deadline = time.monotonic() + 20
-    while not (getattr(store, "chunks", []) and rows(ledger) < 300):
-        assert time.monotonic() < deadline, "the lag was not swept while the lanes were busy"
-        append(ledger, 1)  # the lanes keep writing: never quiet
-        again.notify()
-        time.sleep(0.05)
-    assert store.chunks and set(store.chunks) == {link_store.BUSY_DELETE_CHUNK}, store.chunks
+def max_seq(ledger: Ledger) -> int:
+    return int(ledger.conn.execute("SELECT max(seq) FROM outbox").fetchone()[0])
 
 
 def test_unacked_rows_are_sent_again_and_the_hub_dedupes(

@@ -1,0 +1,149 @@
+"""The daemon deletes acked outbox rows on its database thread (edge/outbox_sweep.py): all of
+them once the lanes are quiet, in small bites beside busy lanes only past SWEEP_LAG_ROWS, and
+never a row the hub has not acked. Real ledger, real database thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from edge import outbox_sweep
+from edge.ledger import ACKED_KEY, Ledger
+from edge.outbox_sweep import OutboxSweeper
+from edge.runner import Runner
+from edge.store import transaction
+
+
+def append(ledger: Ledger, n: int) -> int:
+    """n events as the lanes write them; the last seq."""
+    with transaction(ledger.conn):
+        for i in range(n):
+            ledger.append_event("passage", {"i": i}, time.time())
+    return int(ledger.conn.execute("SELECT max(seq) FROM outbox").fetchone()[0])
+
+
+def ack_through(path: Path, seq: int) -> None:
+    """What the link process does: the hub's ack mark, from its own connection."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    try:
+        epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (ACKED_KEY, f"{epoch} {seq}"))
+    finally:
+        conn.close()
+
+
+def seqs(ledger: Ledger) -> tuple[int, int, int]:
+    """(rows, lowest seq, highest seq) in the outbox."""
+    n, lo, hi = ledger.conn.execute("SELECT count(*), min(seq), max(seq) FROM outbox").fetchone()
+    return int(n), int(lo or 0), int(hi or 0)
+
+
+@asynccontextmanager
+async def sweeping(ledger: Ledger, db: Runner) -> AsyncIterator[OutboxSweeper]:
+    sweeper = OutboxSweeper(db, lambda: ledger)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweeper.run(stop))
+    try:
+        yield sweeper
+    finally:
+        stop.set()
+        await task
+
+
+async def until(check: object, timeout: float, what: str) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def db() -> Iterator[Runner]:
+    runner = Runner("db")
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, db: Runner) -> Iterator[Ledger]:
+    """Opened, used and closed on the database thread, as in the daemon."""
+    led = db.run_sync(Ledger, tmp_path / "ledger.db")
+    try:
+        yield led
+    finally:
+        db.run_sync(led.close)
+
+
+def test_quiet_lanes_get_every_acked_row_deleted_and_no_other(
+    ledger: Ledger, db: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_sweep, "QUIET_S", 0.3)
+    monkeypatch.setattr(outbox_sweep, "IDLE_LOOK_S", 0.05)
+
+    async def main() -> None:
+        acked = await db.call(append, ledger, 1000)
+        last = await db.call(append, ledger, 30)  # not acked yet
+        ack_through(ledger.path, acked)
+        async with sweeping(ledger, db) as sweeper:
+            await until(lambda: sweeper.swept == 1000, 10, "the acked rows deleted")
+            await asyncio.sleep(0.2)
+            left = await db.call(seqs, ledger)
+            assert left == (30, acked + 1, last), "a row not acked was deleted"
+            ack_through(ledger.path, last)
+            await until(lambda: sweeper.swept == 1030, 10, "the rest, once acked")
+        assert await db.call(seqs, ledger) == (0, 0, 0)
+        assert await db.call(ledger.outbox_depth) == 0
+
+    asyncio.run(main())
+
+
+def test_busy_lanes_keep_their_rows_until_the_lag_and_then_lose_them_in_small_bites(
+    ledger: Ledger, db: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate busy all day is never quiet: below SWEEP_LAG_ROWS acked rows stay; past it they
+    go BUSY_CHUNK rows a job (about a millisecond of the lanes' thread) while writes go on."""
+    monkeypatch.setattr(outbox_sweep, "QUIET_S", 3600.0)
+    monkeypatch.setattr(outbox_sweep, "SWEEP_LAG_ROWS", 400)
+    monkeypatch.setattr(outbox_sweep, "BUSY_EVERY_S", 0.01)
+    monkeypatch.setattr(outbox_sweep, "IDLE_LOOK_S", 0.05)
+    chunks: list[int] = []
+    real = outbox_sweep.sweep_chunk
+
+    def noted(conn: sqlite3.Connection, rows: int) -> int:
+        chunks.append(rows)
+        return real(conn, rows)
+
+    monkeypatch.setattr(outbox_sweep, "sweep_chunk", noted)
+
+    async def lanes(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await db.call(append, ledger, 1)
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        ack_through(ledger.path, await db.call(append, ledger, 300))
+        stop = asyncio.Event()
+        writer = asyncio.create_task(lanes(stop))
+        try:
+            async with sweeping(ledger, db) as sweeper:
+                await asyncio.sleep(0.5)
+                assert sweeper.swept == 0 and not chunks, "deleted beside busy lanes under the lag"
+                ack_through(ledger.path, await db.call(append, ledger, 300))  # 600 wait now
+                await until(lambda: sweeper.swept >= 200, 10, "the lag swept while busy")
+        finally:
+            stop.set()
+            await writer
+        assert set(chunks) == {outbox_sweep.BUSY_CHUNK}, chunks
+        rows, lo, _ = await db.call(seqs, ledger)
+        assert rows > 0 and lo == sweeper.swept + 1  # oldest first, nothing skipped
+
+    asyncio.run(main())
