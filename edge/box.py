@@ -33,7 +33,7 @@ from edge.ledger import Ledger
 from edge.lockers import LockerBank
 from edge.metrics import CONTENT_TYPE, Registry
 from edge.occupancy import CrowdWatch, ZoneLevel
-from edge.outbox_sweep import OutboxSweeper
+from edge.outbox_sweep import OutboxSweeper, WalKeeper
 from edge.outbox_watch import OutboxWatch
 from edge.pickups import PickupStore
 from edge.rules import Reason, zone_info
@@ -78,6 +78,7 @@ class Box:
         self.m_decisions, self.m_latency = box_metrics.register(self.metrics, self)
         self.watch = OutboxWatch(self)  # backlog alarm, telemetry coalescing (and their metrics)
         self.sweeper = OutboxSweeper(self.db, self._ledger)  # acked rows leave the outbox
+        self.wal = WalKeeper(self._ledger)  # the ledger's checkpoints, off the lanes' thread
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Box:
         out.append(("alerts", self._forward_alerts))
         out.append(("outbox-watch", self.watch.run))
         out.append(("outbox-sweep", self.sweeper.run))
+        out.append(("wal-checkpoint", self.wal.run))
         return out
 
     def _ledger(self) -> Ledger:

@@ -15,7 +15,7 @@ import pytest
 
 from edge import outbox_sweep
 from edge.ledger import ACKED_KEY, Ledger
-from edge.outbox_sweep import OutboxSweeper
+from edge.outbox_sweep import OutboxSweeper, WalKeeper
 from edge.runner import Runner
 from edge.store import transaction
 
@@ -145,5 +145,34 @@ def test_busy_lanes_keep_their_rows_until_the_lag_and_then_lose_them_in_small_bi
         assert set(chunks) == {outbox_sweep.BUSY_CHUNK}, chunks
         rows, lo, _ = await db.call(seqs, ledger)
         assert rows > 0 and lo == sweeper.swept + 1  # oldest first, nothing skipped
+
+    asyncio.run(main())
+
+
+def test_the_wal_is_checkpointed_off_the_lanes_thread_once_it_grows(
+    ledger: Ledger, db: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past WAL_CHECKPOINT_BYTES the keeper copies the WAL into the database from its own
+    connection, so the lanes' commits never reach SQLite's inline cap."""
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECK_S", 0.05)
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECKPOINT_BYTES", 256 << 10)
+    keeper = WalKeeper(lambda: ledger)
+    wal = ledger.path.with_name(ledger.path.name + "-wal")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(keeper.run(stop))
+        try:
+            await db.call(append, ledger, 10)
+            await asyncio.sleep(0.3)
+            assert keeper.runs == 0 and wal.stat().st_size < 256 << 10  # small: left alone
+            while wal.stat().st_size < 256 << 10:
+                await db.call(append, ledger, 500)
+            await until(lambda: keeper.runs >= 1, 10, "a checkpoint of the grown WAL")
+        finally:
+            stop.set()
+            await task
+        busy, frames, copied = ledger.checkpoint("PASSIVE")
+        assert busy == 0 and frames == copied, (busy, frames, copied)
 
     asyncio.run(main())
