@@ -70,14 +70,20 @@ def as_cloud(*procs: subprocess.Popen[bytes] | None) -> None:
             os.setpriority(os.PRIO_PROCESS, p.pid, nice)
 
 
-def _acked_through(ledger: Path) -> int:
+class AckMark:
     """The hub's ack mark as the box recorded it: the rows through it have left the outbox
-    (the link deletes them later, when the lanes are quiet)."""
-    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5.0)
-    try:
-        return acked_through(conn)
-    finally:
-        conn.close()
+    (the daemon deletes them later). One read-only connection for a whole drain: the poll runs
+    in this process beside the simulated scanners and gates, and opening a connection 20 times
+    a second cost them GIL time that the idle phase did not pay."""
+
+    def __init__(self, ledger: Path) -> None:
+        self.conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5.0)
+
+    def through(self) -> int:
+        return acked_through(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _scan_loop(hw: Hardware, codes: Codes, out: Samples, stop: threading.Event) -> None:
@@ -172,10 +178,11 @@ class _Run:
             as_cloud(self.hub.p, self.lab.broker.proc)
             start = time.monotonic()
 
-            def drained() -> bool:
-                return _acked_through(self.home / "ledger.db") >= last
-
-            ok = poll_until(drained, self.sizes.drain_timeout_s, 0.05)
+            mark = AckMark(self.home / "ledger.db")
+            try:
+                ok = poll_until(lambda: mark.through() >= last, self.sizes.drain_timeout_s, 0.05)
+            finally:
+                mark.close()
             end = time.monotonic()
             daemon_cpu = cpu.percent()
         finally:
