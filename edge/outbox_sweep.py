@@ -48,17 +48,13 @@ def look(conn: sqlite3.Connection) -> tuple[int | None, int]:
 
 def sweep_chunk(conn: sqlite3.Connection, rows: int) -> int:
     """Delete up to `rows` of the acked rows, oldest first, in one unsynced transaction."""
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with transaction(conn):
-            lo = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
-            through = acked_through(conn)
-            if lo is None or lo > through:
-                return 0
-            top = min(through, int(lo) + rows - 1)
-            return conn.execute("DELETE FROM outbox WHERE seq <= ?", (top,)).rowcount
-    finally:
-        conn.execute("PRAGMA synchronous=FULL")
+    with transaction(conn, synced=False):
+        lo = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+        through = acked_through(conn)
+        if lo is None or lo > through:
+            return 0
+        top = min(through, int(lo) + rows - 1)
+        return int(conn.execute("DELETE FROM outbox WHERE seq <= ?", (top,)).rowcount)
 
 
 class OutboxSweeper:

@@ -156,15 +156,24 @@ def _statements(script: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
+def transaction(conn: sqlite3.Connection, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. `synced=False`: this commit
+    is not synced to disk (synchronous=NORMAL for it, the connection's own setting after), for
+    a write a power cut may undo harmlessly (an ack mark, a delete of acked rows)."""
+    level = None if synced else conn.execute("PRAGMA synchronous").fetchone()[0]
+    if level is not None:
+        conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        if level is not None:
+            conn.execute(f"PRAGMA synchronous={int(level)}")
 
 
 class WriteLock:

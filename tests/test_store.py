@@ -9,7 +9,7 @@ import pytest
 
 from edge.errors import SchemaTooNew, StoreBusy, StoreCorrupt
 from edge.ledger import LEDGER_SCHEMA, Ledger
-from edge.store import Schema, WriteLock, open_db
+from edge.store import Schema, WriteLock, open_db, transaction
 from tests.conftest import Box
 
 
@@ -105,3 +105,22 @@ def test_a_version_1_ledger_is_migrated_to_version_2(tmp_path: Path) -> None:
     r = ledger.get(b"\x00")
     assert r is not None and r.counted is None and r.direction == "exit"
     ledger.close()
+
+
+def test_an_unsynced_transaction_commits_and_puts_the_setting_back(tmp_path: Path) -> None:
+    """`transaction(conn, synced=False)` commits at synchronous=NORMAL and leaves the
+    connection as it was (FULL for the ledger), after a commit and after a rollback."""
+    conn = open_db(tmp_path / "t.db", Schema("t", ["CREATE TABLE t (x INTEGER);"]), create=True)
+    seen: list[int] = []
+    try:
+        with transaction(conn, synced=False):
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            conn.execute("INSERT INTO t VALUES (1)")
+        assert seen == [1] and conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        with pytest.raises(RuntimeError), transaction(conn, synced=False):
+            conn.execute("INSERT INTO t VALUES (2)")
+            raise RuntimeError("undone")
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    finally:
+        conn.close()
