@@ -12,10 +12,14 @@ between visitors, as bench/daemon.py's idle phase:
   fills its window into the hub's broker session), scanning starts, and then the hub starts. The
   samples counted are the scans made from the hub's connection to the moment the last of the N
   events left the outbox (the hub's ack). Repeated; the p99 is over all drains' samples.
+
+Where the processes run (CpuSplit): the box's (this process, the daemon, its link) on half the
+CPUs, the cloud's (hub, broker) on the other half, for the whole phase, idle and drains alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
@@ -60,14 +64,61 @@ def _cloud(api: Api) -> dict[str, Any]:
     return dict(doc.get("cloud") or {}) if status == 200 else {}
 
 
-def as_cloud(*procs: subprocess.Popen[bytes] | None) -> None:
-    """The hub and the broker stand for the cloud, other machines: on this 2-vCPU machine
-    they run at CLOUD_NICE, so the box's processes (daemon, link, simulated hardware) get the
-    CPU first, as they would alone on a box. EDGE_BENCH_CLOUD_NICE=0: equal shares."""
+class CpuSplit:
+    """The cloud (hub, broker) on CPUs of its own, the box (this process with its simulated
+    hardware, the daemon and its link) on the others: a real box does not run the cloud, and
+    on this 2-vCPU machine a hub at one CPU for the whole drain would otherwise take its turns
+    from the box's threads, so the figure would measure the bench's layout, not the box. The
+    box gets the first half of the CPUs (one of two here: a harder case than a 2-core box),
+    the cloud the rest; idle and drain are measured in the same layout. The cloud also runs at
+    CLOUD_NICE. EDGE_BENCH_CLOUD_CPUS=shared (or a single CPU): every process on every CPU,
+    as the previous figures were measured."""
+
+    def __init__(self) -> None:
+        self.all = os.sched_getaffinity(0)
+        cpus = sorted(self.all)
+        shared = os.environ.get("EDGE_BENCH_CLOUD_CPUS") == "shared" or len(cpus) < 2
+        half = len(cpus) // 2
+        self.box: set[int] | None = None if shared else set(cpus[:half])
+        self.cloud: set[int] | None = None if shared else set(cpus[half:])
+
+    def describe(self) -> str:
+        if self.box is None:
+            return f"box and cloud share CPUs {sorted(self.all)}"
+        cloud = sorted(self.cloud or ())
+        return f"box on CPUs {sorted(self.box)}, cloud (hub, broker) on CPUs {cloud}"
+
+    def enter(self, broker: subprocess.Popen[bytes] | None) -> None:
+        """This process (so the daemon it starts) to the box's CPUs, the broker to the cloud's."""
+        if self.box is not None:
+            _pin(os.getpid(), self.box)
+        as_cloud(self, broker)
+
+    def leave(self, broker: subprocess.Popen[bytes] | None) -> None:
+        """Every CPU again, for the phases after this one."""
+        if self.box is not None:
+            _pin(os.getpid(), self.all)
+            if broker is not None and broker.poll() is None:
+                _pin(broker.pid, self.all)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` (threads started later inherit their starter's set)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task), cpus)
+
+
+def as_cloud(split: CpuSplit, *procs: subprocess.Popen[bytes] | None) -> None:
+    """The hub and the broker stand for the cloud, other machines: on the cloud's CPUs when
+    there are some (CpuSplit), and at CLOUD_NICE, so the box's processes get the CPU first.
+    EDGE_BENCH_CLOUD_NICE=0: equal shares."""
     nice = int(os.environ.get("EDGE_BENCH_CLOUD_NICE", CLOUD_NICE))
     for p in procs:
         if p is not None and p.poll() is None:
             os.setpriority(os.PRIO_PROCESS, p.pid, nice)
+            if split.cloud is not None:
+                _pin(p.pid, split.cloud)
 
 
 class AckMark:
@@ -143,12 +194,15 @@ def _slowest(samples: Samples, start: float, end: float, log: Path, n: int = 6) 
 
 
 class _Run:
-    def __init__(self, lab: Lab, work: Path, sizes: SyncSizes, hw: Hardware, home: Path) -> None:
+    def __init__(
+        self, lab: Lab, work: Path, sizes: SyncSizes, hw: Hardware, home: Path, split: CpuSplit
+    ) -> None:
         self.lab, self.work, self.sizes, self.hw, self.home = lab, work, sizes, hw, home
+        self.split = split
         self.proc = DaemonProc(home, work)
-        self.hub = HubProc(
-            work / "fixture" / "hub", lab.broker, hub_db_path(work), work / "hub.log"
-        )
+        hub_dir = work / "fixture" / "hub"
+        log = work / "hub.log"
+        self.hub = HubProc(hub_dir, lab.broker, hub_db_path(work), log, split.cloud)
 
     def start_daemon(self) -> Api:
         took = self.proc.start(timeout=90)
@@ -175,7 +229,7 @@ class _Run:
             time.sleep(2.0)  # scanning before the drain starts: the daemon is warm again
             noise, cpu = Noise(), CpuMeter(self.proc.pid)
             self.hub.start()
-            as_cloud(self.hub.p, self.lab.broker.proc)
+            as_cloud(self.split, self.hub.p)
             start = time.monotonic()
 
             mark = AckMark(self.home / "ledger.db")
@@ -220,6 +274,9 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
     work.mkdir()
     hw: Hardware | None = None
     run: _Run | None = None
+    split = CpuSplit()
+    progress(f"  {split.describe()}")
+    split.enter(lab.broker.proc)
     try:
         progress("  daemon setup: fixture, simulated hardware, box home, snapshot import")
         fixture, home, hw = _setup(work, _sizes(sizes, quick))
@@ -227,9 +284,9 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
             toml.write(_sync_section(lab))
         register_box(work / "fixture" / "hub", BOX, SITE)
         prepare_hub_db(hub_db_path(work), workaround)
-        run = _Run(lab, work, sizes, hw, home)
+        run = _Run(lab, work, sizes, hw, home, split)
         run.hub.start()
-        as_cloud(run.hub.p, lab.broker.proc)
+        as_cloud(split, run.hub.p)
         api = run.start_daemon()
         codes = Codes(fixture)
         for lane in hw.lanes:  # the first scan on each lane is a warm-up
@@ -264,9 +321,11 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
             run.hub.stop()
         if hw is not None:
             hw.close()
+        split.leave(lab.broker.proc)
         if hub_db_path(work).parent != work:  # the hub's database in /dev/shm
             shutil.rmtree(hub_db_path(work).parent, ignore_errors=True)
     idle_p99, drain_p99 = percentile(idle.ms, 99), percentile(during, 99)
+    f.add("scan_to_gate_box_cpus", len(split.box or split.all), "count", 0)
     f.add("scan_to_gate_idle_p50_ms", percentile(idle.ms, 50), "ms")
     f.add("scan_to_gate_idle_p99_ms", idle_p99, "ms")
     f.add("scan_to_gate_idle_samples", len(idle.ms), "count", 0)

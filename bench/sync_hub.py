@@ -11,6 +11,7 @@ schema lacks it; with the hub's migration 2 in place it adds nothing.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -32,8 +33,12 @@ class HubProc:
     """`python -m edge.cli hub serve` in its own process (the cloud's side runs elsewhere), so
     its CPU and memory are its own and it shares no interpreter lock with the boxes."""
 
-    def __init__(self, hub_dir: Path, broker: Broker, db: Path, log: Path) -> None:
+    def __init__(
+        self, hub_dir: Path, broker: Broker, db: Path, log: Path, cpus: set[int] | None = None
+    ) -> None:
+        """`cpus`: the CPUs the hub runs on (from its first instruction); None: any."""
         self.hub_dir, self.broker, self.db, self.log_path = hub_dir, broker, db, log
+        self.cpus = cpus
         self.p: subprocess.Popen[bytes] | None = None
         self.cpu0 = 0.0
 
@@ -45,7 +50,9 @@ class HubProc:
         cmd += ["--broker", f"{b.host}:{b.port}", "--ca", str(pki.ca_file)]
         cmd += ["--cert", str(pki.hub.cert), "--key", str(pki.hub.key), "--db", str(self.db)]
         with open(self.log_path, "ab") as log:
-            self.p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            cpus = self.cpus
+            pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+            self.p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
         deadline = time.monotonic() + timeout
         while "hub: connected" not in self._log(mark):
             if self.p.poll() is not None or time.monotonic() > deadline:

@@ -73,7 +73,7 @@ class SyncSizes:
             partition_s=8.0,
             daemon_drain=100_000,
             daemon_repeats=4,
-            idle_scans=400,
+            idle_scans=800,
             daemon_codes=20_000,
             fleet_boxes=100,
             fleet_events=1000,
