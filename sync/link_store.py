@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from edge.errors import StoreError
 from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, WAL_CAP_PAGES, acked_through, outbox_depth
 from edge.store import open_db, transaction
@@ -222,11 +224,20 @@ class OutboxReader:
         return batch
 
 
+def _parse(body: str) -> Any:
+    """orjson (a third of json's time, per event sent); json for what only it reads (NaN and
+    Infinity, which json.dumps writes unless told not to)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _event(
     seq: int, event_id: bytes, etype: str, rid: bytes | None, body: str, created_at: float
 ) -> Event:
     try:
-        doc: Any = json.loads(body)
+        doc: Any = _parse(body)
         if not isinstance(doc, dict) or not isinstance(doc.get("body"), dict):
             raise ValueError("not an event document")
         data, at = doc["body"], float(doc.get("at", created_at))

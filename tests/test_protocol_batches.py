@@ -1,12 +1,15 @@
 """Uplink batches: at most MAX_BATCH_BYTES, consecutive, and byte for byte the canonical JSON
-of the whole document (the link joins each event's JSON, made once while sizing the batch)."""
+of the whole document (the link joins each event's JSON, made once while sizing the batch, by
+orjson: event_json)."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 from sync import protocol
-from sync.protocol import VERSION, Batch, Event, batches, canonical, parse_batch
+from sync.protocol import VERSION, Batch, Event, batches, canonical, event_json, parse_batch
 
 
 def events(n: int) -> list[Event]:
@@ -40,3 +43,32 @@ def test_batches_are_bounded_consecutive_and_the_canonical_document() -> None:
         # A batch made without the joined parts (the hub's tests, a resend) encodes the same.
         assert Batch(b.box, b.site, b.epoch, b.events).encode() == payload
         assert parse_batch(payload, "wl-gate-01").events == b.events
+
+
+def test_event_json_is_canonical_for_what_the_box_writes_and_means_the_same_otherwise() -> None:
+    # Floats of every shape, nesting, CJK, escapes: the same bytes as canonical().
+    body = {
+        "f": [0.1, -0.0, 5e-324, 123456789.123, 2.0**53, 1e16, 1e300],
+        "k": {"b": None, "a": True},
+    }
+    doc = Event(1, "a" * 32, "passage", 1.8e9 + 0.125, body | {"s": '入口 "q"\\\n\t'}).to_json()
+    assert event_json(doc) == canonical(doc)
+    # orjson spells 1e-07 as 1e-7: the same number once parsed (the hub parses, no one signs
+    # the uplink).
+    small = {"x": 1e-7, "y": 1.5e-7}
+    assert event_json(small) == b'{"x":1e-7,"y":1.5e-7}' and json.loads(event_json(small)) == small
+    # What orjson refuses goes through canonical(): keys that are not strings, huge integers.
+    for odd in ({"k": {1: "one", 2: "two"}}, {"n": 2**70}):
+        assert event_json(odd) == canonical(odd)
+    # NaN is not JSON: null (json.dumps would write the token NaN).
+    assert json.loads(event_json({"t": math.nan})) == {"t": None}
+
+
+def test_a_batch_with_odd_events_still_encodes_and_parses() -> None:
+    evs = [
+        Event(1, "b" * 32, "audit", 1.8e9, {"counts": {1: 2}}),
+        Event(2, "c" * 32, "audit", 1.8e9, {"n": 2**70, "f": 1e16}),
+    ]
+    (b,) = batches("wl-gate-01", "west-lake", "5f0c" * 4, evs)
+    got = parse_batch(b.encode(), "wl-gate-01").events
+    assert got[0].body == {"counts": {"1": 2}} and got[1].body == {"n": 2**70, "f": 1e16}
