@@ -1,5 +1,5 @@
-"""A locker bank (自助柜): deposit with a box-minted pickup code, pickup at the locker's scanner,
-expiry, and technicians' audited door commands.
+"""A locker bank (自助柜): deposit with a box-minted pickup code, and pickup at the locker's
+scanner.
 
 Every door command goes through the bank's DeviceSlot (the board's own thread); every write goes
 through the db Runner to the PickupStore (one transaction with its outbox event). An unlock is
@@ -9,6 +9,9 @@ deposit holds the door, a pickup is `opening`), so a crash loses nothing (edge/p
 in use are also reserved in memory (`_busy`) so two staff or two customers cannot get the same
 door at once. A pickup answers as soon as its door is seen open: watching the door close and
 recording the pickup run on as a task in `pending_tasks`, which `close()` settles.
+
+The staff side (technicians' door commands, the door grid, expiry) is edge/locker_staff.py, a
+mixin of LockerBank; what the bank raises is edge/locker_errors.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,9 @@ from drivers.locker import DoorState, Locker
 from edge.bus import EventBus
 from edge.config_sections import LockerBankConfig
 from edge.devices import DeviceDown, DeviceSlot
-from edge.errors import EdgeError, Stopping
+from edge.errors import Stopping
+from edge.locker_errors import DoorNotClosed, LockerError, LockerFull, LockerUnavailable
+from edge.locker_staff import Audit, LockerStaff, Unlock
 from edge.pickup_codes import LINES, Lookup, Pickup
 from edge.pickups import PickupStore
 from edge.runner import Runner
@@ -35,42 +40,9 @@ from edge.runner import Runner
 log = logging.getLogger(__name__)
 
 PrintSlip = Callable[[dict[str, Any]], Awaitable[None]]
-Audit = Callable[[str, str, str, str], Awaitable[None]]  # (actor, action, target, detail)
 MAX_ORDER_NO = 64
 GUESSES = frozenset({"malformed", "unknown_code"})  # what counts against the wrong-code budget
 CLOSE_WAIT_S = 5.0  # close(): how long pickups with an open door get to be recorded
-
-
-class LockerError(EdgeError):
-    """A locker request that cannot be done; `bank` names the locker bank."""
-
-    def __init__(self, bank: str, message: str) -> None:
-        self.bank = bank
-        super().__init__(f"locker {bank}: {message}")
-
-
-class LockerFull(LockerError):
-    """No free compartment of `size` (None: of any size)."""
-
-    def __init__(self, bank: str, size: str | None, failed: Iterable[int] = ()) -> None:
-        self.size = size
-        self.failed = tuple(failed)
-        what = f"size {size}" if size else "any size"
-        extra = f" ({len(self.failed)} door(s) failed to open)" if self.failed else ""
-        super().__init__(bank, f"no free compartment of {what}{extra} / 没有空闲格口")
-
-
-class LockerUnavailable(LockerError):
-    """The lock board is down or did not answer; nothing was recorded."""
-
-
-class DoorNotClosed(LockerError):
-    """The door stayed open after a deposit: it is held (parcel maybe inside), no code minted."""
-
-    def __init__(self, bank: str, door: int, order_no: str) -> None:
-        self.door = door
-        self.order_no = order_no
-        super().__init__(bank, f"door {door} was not closed; it stays reserved for {order_no}")
 
 
 @dataclass(frozen=True)
@@ -86,14 +58,7 @@ class RateLimit:
     forget_s: float = 3600.0
 
 
-@dataclass(frozen=True)
-class _Unlock:
-    opened: bool
-    why: str = ""
-    down: bool = False  # the board or its thread did not answer: not the door's fault
-
-
-class LockerBank:
+class LockerBank(LockerStaff):
     """One locker device's compartments (sizes from config), used from the asyncio loop."""
 
     def __init__(
@@ -396,12 +361,12 @@ class LockerBank:
 
     # -- doors ----------------------------------------------------------------------------------
 
-    async def _unlock(self, door: int) -> _Unlock:
+    async def _unlock(self, door: int) -> Unlock:
         try:
             result = await self.slot.call(Locker.open_door, door, issued_at=time.monotonic())
         except (DeviceDown, DriverError) as err:  # no reply, garbled, stale: not the door
-            return _Unlock(False, str(err), down=True)
-        return _Unlock(result.opened, "" if result.opened else "not seen open after unlock")
+            return Unlock(False, str(err), down=True)
+        return Unlock(result.opened, "" if result.opened else "not seen open after unlock")
 
     async def _status(self) -> dict[int, DoorState]:
         try:
@@ -421,179 +386,3 @@ class LockerBank:
             if remaining <= 0 or self.stopping:
                 return False
             await asyncio.sleep(min(self.poll_s, remaining))
-
-    async def _fault(self, door: int, why: str, pickup: Pickup | None = None) -> None:
-        await self.db.call(self.store.door_fault, self.name, door, why, self.clock(), pickup=pickup)
-        self._alert(door, f"door fault: {why}", order_no=pickup.order_no if pickup else "")
-
-    def _alert(self, door: int, what: str, **more: Any) -> None:
-        log.warning("locker %s door %d: %s", self.name, door, what)
-        self.bus.publish(
-            "locker", event="alert", alert=True, locker=self.name, door=door, what=what, **more
-        )
-
-    @contextlib.contextmanager
-    def _using(self, door: int) -> Iterator[None]:
-        """Staff work on `door`; refused while a customer or another staff member uses it."""
-        if door in self._busy:
-            raise LockerError(self.name, f"door {door} is in use right now; try again shortly")
-        self._busy.add(door)
-        try:
-            yield
-        finally:
-            self._busy.discard(door)
-
-    # -- technicians ----------------------------------------------------------------------------
-
-    async def open_door(self, door: int, actor: str, why: str) -> dict[str, Any]:
-        """Open one door (a technician's audited command: on record before the door moves, and
-        with the result); a successful open clears the door's fault or hold."""
-        self._check_door(door)
-        target = f"{self.name}:{door}"
-        await self._audited(actor, "locker_open_door_start", target, why, {}, before=True)
-        result = await self._tech_open(door, actor)
-        await self._audited(actor, "locker_open_door", target, why, result)
-        return result
-
-    async def open_all(self, actor: str, why: str) -> dict[str, Any]:
-        """Open every door, one at a time (one transaction on the wire at a time). Audited
-        before the first door moves (so an interrupted run is on record) and with the result."""
-        await self._audited(
-            actor, "locker_open_all_start", self.name, why, {"doors": len(self.doors)}, before=True
-        )
-        results = [await self._tech_open(door, actor) for door in self.doors]
-        out = {
-            "locker": self.name,
-            "opened": [r["door"] for r in results if r["opened"]],
-            "failed": [r["door"] for r in results if not r["opened"]],
-            "doors": results,
-        }
-        summary = {k: out[k] for k in ("opened", "failed")}
-        await self._audited(actor, "locker_open_all", self.name, why, summary)
-        return out
-
-    async def _tech_open(self, door: int, actor: str) -> dict[str, Any]:
-        u = await self._unlock(door)
-        cleared = False
-        if u.opened:
-            cleared = await self.db.call(
-                self.store.clear_door, self.name, door, self.clock(), actor
-            )
-        elif not u.down:
-            await self._fault(door, u.why)
-        result = dict(locker=self.name, door=door, opened=u.opened, error=u.why, cleared=cleared)
-        self.bus.publish("locker", event="technician_open", actor=actor, **result)
-        return result
-
-    async def _audited(
-        self,
-        actor: str,
-        action: str,
-        target: str,
-        why: str,
-        result: dict[str, Any],
-        *,
-        before: bool = False,
-    ) -> None:
-        """An audit row. `before` a door moves, a failure to write it refuses the action."""
-        detail = f"why={why}; result={result}" if result else f"why={why}"
-        if self.audit is None:  # no audit log wired (tests, tools): the log line is the record
-            log.info("audit actor=%s action=%s target=%s %s", actor, action, target, detail)
-            return
-        try:
-            await self.audit(actor, action, target, detail)
-        except Exception:
-            if before:
-                raise
-            log.exception("locker %s: audit of %s failed", self.name, action)  # door moved
-
-    def _check_door(self, door: int) -> None:
-        if door not in self.size_of:
-            raise LockerError(
-                self.name, f"no door {door!r}; doors: {self.doors[0]}-{self.doors[-1]}"
-            )
-
-    async def _active_at(self, door: int) -> Pickup:
-        p = (await self.db.call(self.store.active, self.name)).get(door)
-        if p is None or p.state != "active":
-            raise LockerError(self.name, f"door {door} holds no active pickup")
-        return p
-
-    async def reissue(self, door: int, actor: str) -> dict[str, Any]:
-        """A re-sent code: a new code for the parcel in `door`, the old one stops working, and
-        the slip is printed again with the new code."""
-        self._check_door(door)
-        self._refuse_if_stopping()
-        with self._using(door):
-            p = await self._active_at(door)
-            code, new = await self.db.call(self.store.reissue, p.id, self.clock(), actor)
-        slip = {"locker": self.name, "door": door, "code": code, "expires_at": new.expires_at}
-        slip |= {"order_no": new.order_no, "size": new.size}
-        out = slip | {"reissued": True, "printed": await self._print(dict(slip))}
-        await self._audited(
-            actor,
-            "locker_reissue",
-            f"{self.name}:{door}",
-            "code re-sent",
-            {"order_no": new.order_no, "pickup_id": new.id.hex()},
-        )
-        return out
-
-    async def cancel(self, door: int, actor: str, why: str) -> dict[str, Any]:
-        """Staff take a parcel back: on record, the door opens, then the code stops working. A
-        door that does not open is a fault and the code stays valid."""
-        self._check_door(door)
-        self._refuse_if_stopping()
-        target = f"{self.name}:{door}"
-        with self._using(door):
-            p = await self._active_at(door)
-            intent = {"order_no": p.order_no}
-            await self._audited(actor, "locker_cancel_start", target, why, intent, before=True)
-            result = await self._tech_open(door, actor)
-            if result["opened"]:
-                await self.db.call(self.store.cancel, p.id, self.clock(), why, actor)
-        result["cancelled"] = bool(result["opened"])
-        await self._audited(actor, "locker_cancel", target, why, result)
-        return result
-
-    # -- views ----------------------------------------------------------------------------------
-
-    async def grid(self) -> list[dict[str, Any]]:
-        """Per door: state in {free, occupied, open, fault, expired}. With the board down the
-        live door sensors are unknown (`sensor: None`) and the stored state is shown."""
-        active, flags = await self.db.call(
-            lambda: (self.store.active(self.name), self.store.door_flags(self.name))
-        )
-        try:
-            status: dict[int, DoorState] = await self._status()
-        except LockerUnavailable:
-            status = {}
-        out = []
-        for door in self.doors:
-            f, p, st = flags.get(door), active.get(door), status.get(door)
-            if f is not None and f.fault:
-                state = "fault"
-            elif f is not None and f.held == "expired":
-                state = "expired"
-            elif (f is not None and f.held in ("open", "deposit")) or (st is not None and st.open):
-                state = "open"
-            else:
-                state = "occupied" if p is not None else "free"
-            row: dict[str, Any] = {"door": door, "size": self.size_of[door], "state": state}
-            row["sensor"] = None if st is None else ("open" if st.open else "closed")
-            row["order_no"] = p.order_no if p is not None else (f.order_no if f else "") or None
-            row["expires_at"] = p.expires_at if p is not None else None
-            row["fault"] = f.fault if f is not None and f.fault else None
-            out.append(row)
-        return out
-
-    async def expire(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Pickups past their time: reported (bus alert; outbox in the same transaction as the
-        state change), and their compartments held as `expired` until a technician opens them.
-        A door in use right now (its pickup opening, staff at it) waits for the next round."""
-        at = self.clock() if now is None else now
-        busy = frozenset(self._busy)
-        expired = await self.db.call(self.store.expire, at, self.name, skip=busy)
-        for p in expired:
-            self._alert(p.door, "pickup expired", order_no=p.order_no, pickup_id=p.id.hex())
-        return [p.to_json() for p in expired]

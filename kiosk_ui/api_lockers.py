@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.errors import Stopping
-from edge.lockers import DoorNotClosed, LockerBank, LockerError, LockerFull, LockerUnavailable
+from edge.locker_errors import DoorNotClosed, LockerError, LockerFull, LockerUnavailable
+from edge.lockers import LockerBank
 from kiosk_ui.api_base import NoBody, body_schema, fail, json_body, shown_name
 from kiosk_ui.users import Role, User
 

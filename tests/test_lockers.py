@@ -22,14 +22,8 @@ from edge.config_sections import DeviceConfig, LockerBankConfig
 from edge.devices import DeviceSlot, make_slot
 from edge.errors import Stopping
 from edge.ledger import LEDGER_SCHEMA, Ledger
-from edge.lockers import (
-    DoorNotClosed,
-    LockerBank,
-    LockerError,
-    LockerFull,
-    LockerUnavailable,
-    PrintSlip,
-)
+from edge.locker_errors import DoorNotClosed, LockerError, LockerFull, LockerUnavailable
+from edge.lockers import LockerBank, PrintSlip
 from edge.pickup_codes import is_pickup_code, new_code
 from edge.pickups import PickupStore
 from edge.runner import Runner
