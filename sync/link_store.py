@@ -24,7 +24,8 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from edge.errors import StoreError
-from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, WAL_CAP_PAGES, acked_through, outbox_depth
+from edge.ledger import ACKED_KEY, WAL_CAP_PAGES, acked_through, outbox_depth
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches
 

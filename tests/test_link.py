@@ -23,7 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import StoreError
-from edge.ledger import LEDGER_SCHEMA, Ledger, acked_through
+from edge.ledger import Ledger, acked_through
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import open_db, transaction
 from sync import protocol
 from sync.hub.issuer import Hub

@@ -21,7 +21,8 @@ from edge.codes import CodeError, parse_code
 from edge.config_sections import DeviceConfig, LockerBankConfig
 from edge.devices import DeviceSlot, make_slot
 from edge.errors import Stopping
-from edge.ledger import LEDGER_SCHEMA, Ledger
+from edge.ledger import Ledger
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.locker_errors import DoorNotClosed, LockerError, LockerFull, LockerUnavailable
 from edge.lockers import LockerBank, PrintSlip
 from edge.pickup_codes import is_pickup_code, new_code

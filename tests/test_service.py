@@ -10,7 +10,8 @@ import pytest
 
 from edge.codes import display_rotating
 from edge.errors import InvalidTransition
-from edge.ledger import ACKED_KEY, LEDGER_SCHEMA, OUTBOX_SPAN_SQL, Ledger, unacked_span
+from edge.ledger import ACKED_KEY, OUTBOX_SPAN_SQL, Ledger, unacked_span
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.rules import Reason
 from edge.store import Schema, open_db, transaction
 from sync.hub.issuer import BundleContent, load_private, new_holder_key

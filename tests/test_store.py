@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge.errors import SchemaTooNew, StoreBusy, StoreCorrupt
-from edge.ledger import LEDGER_SCHEMA, Ledger
+from edge.ledger import Ledger
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import Schema, WriteLock, open_db, transaction
 from tests.conftest import Box
 

@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from drivers.printer.sim import SimPrinter
-from edge.ledger import LEDGER_SCHEMA, Ledger
+from edge.ledger import Ledger
 from edge.ledger import outbox_depth as ledger_outbox_depth
+from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import open_db, transaction
 from sync.hub.issuer import Hub
 from sync.hub.serve import HubServer
