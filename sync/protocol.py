@@ -102,7 +102,10 @@ def event_json(doc: dict[str, Any]) -> bytes:
 
 
 # An integer orjson could read as a float: beyond 64 bits (below -2**63 has 19 digits already).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# Found with two C-speed passes (every digit to "1", the rest to "0"; then a substring search):
+# a regex over each event costs more than orjson saves.
+_DIGIT_MAP = bytes(0x31 if 0x30 <= i <= 0x39 else 0x30 for i in range(256))
+_LONG_RUN = b"1" * 19
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -111,7 +114,7 @@ def parse_json(data: bytes | str) -> Any:
     integer of 19 digits or more: seen anywhere, strings included) goes to json."""
     if isinstance(data, str):
         data = data.encode()
-    if _LONG_DIGITS.search(data) is None:
+    if _LONG_RUN not in data.translate(_DIGIT_MAP):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
