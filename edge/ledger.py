@@ -38,6 +38,11 @@ def _occupancy_share(
 # Checkpoints belong off the redeem path (`Ledger.checkpoint`, run by a maintenance task); this
 # automatic one is only a cap on the WAL for a process that never runs maintenance.
 WAL_CAP_PAGES = 16384
+# The WAL file left after it restarts (journal_size_limit): a big sweep of acked rows grows it to
+# tens of MB, and SQLite otherwise keeps that size for good. Half the size at which the daemon
+# checkpoints (edge/outbox_sweep.py WAL_CHECKPOINT_BYTES), so a WAL back in use is not taken
+# for a grown one and checkpointed (written, synced) every second from then on.
+WAL_KEEP_BYTES = 4 << 20
 
 
 # meta: "EPOCH SEQ": the cloud holds this ledger's events through SEQ. Rows up to it have left
@@ -118,6 +123,7 @@ class Ledger:
             path, LEDGER_SCHEMA, create=True, full_check=full_check
         )
         self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         if self.meta("epoch") is None:
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),)

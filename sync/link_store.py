@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from edge.errors import StoreError
-from edge.ledger import ACKED_KEY, WAL_CAP_PAGES, acked_through, outbox_depth
+from edge.ledger import ACKED_KEY, WAL_CAP_PAGES, WAL_KEEP_BYTES, acked_through, outbox_depth
 from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches, parse_json
@@ -103,6 +103,9 @@ class LedgerLinkStore:
             # inline after its commits, writing and syncing the database file beside the
             # lanes' commits; the daemon's maintenance checkpoints it, as the Ledger's owner.
             self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
+            # Its ack mark may be the write that restarts the WAL: the same limit as the
+            # Ledger's, so the file goes back to that size whichever connection restarts it.
+            self._conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         return self._conn
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import ledger as ledger_module
 from edge import outbox_sweep
 from edge.ledger import ACKED_KEY, Ledger
 from edge.outbox_sweep import OutboxSweeper, WalKeeper
@@ -176,3 +177,41 @@ def test_the_wal_is_checkpointed_off_the_lanes_thread_once_it_grows(
         assert busy == 0 and frames == copied, (busy, frames, copied)
 
     asyncio.run(main())
+
+
+def test_a_wal_that_restarts_goes_back_to_its_kept_size_and_is_left_alone(
+    tmp_path: Path, db: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a big write (a sweep of 100k acked rows) the WAL file would keep its high-water
+    size for good, and the keeper, which looks at that size, would checkpoint (write and sync
+    the database) every second from then on. journal_size_limit brings it back to
+    WAL_KEEP_BYTES at its next restart: below the keeper's mark, so it is left alone."""
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECK_S", 0.05)
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECKPOINT_BYTES", 256 << 10)
+    monkeypatch.setattr(ledger_module, "WAL_KEEP_BYTES", 128 << 10)
+    ledger = db.run_sync(Ledger, tmp_path / "ledger.db")
+    keeper = WalKeeper(lambda: ledger)
+    wal = ledger.path.with_name(ledger.path.name + "-wal")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(keeper.run(stop))
+        try:
+            while wal.stat().st_size < 1 << 20:  # four times the keeper's mark
+                await db.call(append, ledger, 2000)
+            await until(lambda: keeper.runs >= 1, 10, "a checkpoint of the grown WAL")
+            await db.call(append, ledger, 1)  # the next write restarts the WAL
+            assert wal.stat().st_size <= 128 << 10
+            runs = keeper.runs
+            for _ in range(10):  # a WAL back in use, small writes as the lanes make them
+                await db.call(append, ledger, 1)
+                await asyncio.sleep(0.05)
+            assert keeper.runs == runs, "a small WAL was checkpointed again"
+        finally:
+            stop.set()
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.run_sync(ledger.close)
