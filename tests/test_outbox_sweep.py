@@ -8,8 +8,9 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -45,16 +46,23 @@ def seqs(ledger: Ledger) -> tuple[int, int, int]:
     return int(n), int(lo or 0), int(hi or 0)
 
 
+W = TypeVar("W", OutboxSweeper, WalKeeper)
+
+
 @asynccontextmanager
-async def sweeping(ledger: Ledger, db: Runner) -> AsyncIterator[OutboxSweeper]:
-    sweeper = OutboxSweeper(db, lambda: ledger)
+async def running(worker: W) -> AsyncIterator[W]:
+    """The worker's run(stop) as a task for the block; stopped and awaited after it."""
     stop = asyncio.Event()
-    task = asyncio.create_task(sweeper.run(stop))
+    task = asyncio.create_task(worker.run(stop))
     try:
-        yield sweeper
+        yield worker
     finally:
         stop.set()
         await task
+
+
+def sweeping(ledger: Ledger, db: Runner) -> AbstractAsyncContextManager[OutboxSweeper]:
+    return running(OutboxSweeper(db, lambda: ledger))
 
 
 async def until(check: object, timeout: float, what: str) -> None:
@@ -150,29 +158,36 @@ def test_busy_lanes_keep_their_rows_until_the_lag_and_then_lose_them_in_small_bi
     asyncio.run(main())
 
 
+WAL_MARK = 256 << 10  # the keeper's checkpoint mark in these tests
+
+
+def keeping(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> AbstractAsyncContextManager[WalKeeper]:
+    """A WalKeeper at work on `ledger`, looking every 50 ms, its mark at WAL_MARK."""
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECK_S", 0.05)
+    monkeypatch.setattr(outbox_sweep, "WAL_CHECKPOINT_BYTES", WAL_MARK)
+    return running(WalKeeper(lambda: ledger))
+
+
+def wal_size(ledger: Ledger) -> int:
+    return ledger.path.with_name(ledger.path.name + "-wal").stat().st_size
+
+
 def test_the_wal_is_checkpointed_off_the_lanes_thread_once_it_grows(
     ledger: Ledger, db: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past WAL_CHECKPOINT_BYTES the keeper copies the WAL into the database from its own
     connection, so the lanes' commits never reach SQLite's inline cap."""
-    monkeypatch.setattr(outbox_sweep, "WAL_CHECK_S", 0.05)
-    monkeypatch.setattr(outbox_sweep, "WAL_CHECKPOINT_BYTES", 256 << 10)
-    keeper = WalKeeper(lambda: ledger)
-    wal = ledger.path.with_name(ledger.path.name + "-wal")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(keeper.run(stop))
-        try:
+        async with keeping(ledger, monkeypatch) as keeper:
             await db.call(append, ledger, 10)
             await asyncio.sleep(0.3)
-            assert keeper.runs == 0 and wal.stat().st_size < 256 << 10  # small: left alone
-            while wal.stat().st_size < 256 << 10:
+            assert keeper.runs == 0 and wal_size(ledger) < WAL_MARK  # small: left alone
+            while wal_size(ledger) < WAL_MARK:
                 await db.call(append, ledger, 500)
             await until(lambda: keeper.runs >= 1, 10, "a checkpoint of the grown WAL")
-        finally:
-            stop.set()
-            await task
         busy, frames, copied = ledger.checkpoint("PASSIVE")
         assert busy == 0 and frames == copied, (busy, frames, copied)
 
@@ -186,30 +201,21 @@ def test_a_wal_that_restarts_goes_back_to_its_kept_size_and_is_left_alone(
     size for good, and the keeper, which looks at that size, would checkpoint (write and sync
     the database) every second from then on. journal_size_limit brings it back to
     WAL_KEEP_BYTES at its next restart: below the keeper's mark, so it is left alone."""
-    monkeypatch.setattr(outbox_sweep, "WAL_CHECK_S", 0.05)
-    monkeypatch.setattr(outbox_sweep, "WAL_CHECKPOINT_BYTES", 256 << 10)
-    monkeypatch.setattr(ledger_module, "WAL_KEEP_BYTES", 128 << 10)
+    monkeypatch.setattr(ledger_module, "WAL_KEEP_BYTES", WAL_MARK // 2)
     ledger = db.run_sync(Ledger, tmp_path / "ledger.db")
-    keeper = WalKeeper(lambda: ledger)
-    wal = ledger.path.with_name(ledger.path.name + "-wal")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(keeper.run(stop))
-        try:
-            while wal.stat().st_size < 1 << 20:  # four times the keeper's mark
+        async with keeping(ledger, monkeypatch) as keeper:
+            while wal_size(ledger) < 4 * WAL_MARK:
                 await db.call(append, ledger, 2000)
             await until(lambda: keeper.runs >= 1, 10, "a checkpoint of the grown WAL")
             await db.call(append, ledger, 1)  # the next write restarts the WAL
-            assert wal.stat().st_size <= 128 << 10
+            assert wal_size(ledger) <= WAL_MARK // 2
             runs = keeper.runs
             for _ in range(10):  # a WAL back in use, small writes as the lanes make them
                 await db.call(append, ledger, 1)
                 await asyncio.sleep(0.05)
             assert keeper.runs == runs, "a small WAL was checkpointed again"
-        finally:
-            stop.set()
-            await task
 
     try:
         asyncio.run(main())
