@@ -98,7 +98,7 @@ class OutboxSweeper:
 
 
 WAL_CHECK_S = 1.0
-WAL_CHECKPOINT_BYTES = 8 << 20  # twice edge.ledger.WAL_KEEP_BYTES, the size a restarted WAL keeps
+WAL_CHECKPOINT_BYTES = 8 << 20  # half edge.ledger.WAL_KEEP_BYTES, the most a restarted WAL keeps
 
 
 class WalKeeper:
