@@ -276,8 +276,8 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
     run: _Run | None = None
     split = CpuSplit()
     progress(f"  {split.describe()}")
-    split.enter(lab.broker.proc)
     try:
+        split.enter(lab.broker.proc)
         progress("  daemon setup: fixture, simulated hardware, box home, snapshot import")
         fixture, home, hw = _setup(work, _sizes(sizes, quick))
         with (home / "edge.toml").open("a") as toml:
@@ -316,12 +316,14 @@ def daemon_phase(lab: Lab, sizes: SyncSizes, f: Figures, workaround: bool, quick
         if problems:
             progress(f"  hub log: {dict(problems)}")
     finally:
-        if run is not None:
-            run.proc.close()
-            run.hub.stop()
-        if hw is not None:
-            hw.close()
-        split.leave(lab.broker.proc)
+        try:
+            if run is not None:
+                run.proc.close()
+                run.hub.stop()
+            if hw is not None:
+                hw.close()
+        finally:
+            split.leave(lab.broker.proc)
         if hub_db_path(work).parent != work:  # the hub's database in /dev/shm
             shutil.rmtree(hub_db_path(work).parent, ignore_errors=True)
     idle_p99, drain_p99 = percentile(idle.ms, 99), percentile(during, 99)

@@ -36,7 +36,7 @@ class HubProc:
     def __init__(
         self, hub_dir: Path, broker: Broker, db: Path, log: Path, cpus: set[int] | None = None
     ) -> None:
-        """`cpus`: the CPUs the hub runs on (from its first instruction); None: any."""
+        """`cpus`: the CPUs the hub runs on (set as soon as it is started); None: any."""
         self.hub_dir, self.broker, self.db, self.log_path = hub_dir, broker, db, log
         self.cpus = cpus
         self.p: subprocess.Popen[bytes] | None = None
@@ -50,9 +50,9 @@ class HubProc:
         cmd += ["--broker", f"{b.host}:{b.port}", "--ca", str(pki.ca_file)]
         cmd += ["--cert", str(pki.hub.cert), "--key", str(pki.hub.key), "--db", str(self.db)]
         with open(self.log_path, "ab") as log:
-            cpus = self.cpus
-            pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-            self.p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+            self.p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if self.cpus is not None:  # at once: the interpreter is still starting, one thread
+            os.sched_setaffinity(self.p.pid, self.cpus)
         deadline = time.monotonic() + timeout
         while "hub: connected" not in self._log(mark):
             if self.p.poll() is not None or time.monotonic() > deadline:

@@ -105,7 +105,14 @@ class WalKeeper:
     """Checkpoints the ledger's WAL from a connection of its own, off the lanes' thread, once it
     passes WAL_CHECKPOINT_BYTES. Otherwise the lanes' connection would, at SQLite's cap
     (edge.ledger.WAL_CAP_PAGES), inside a redemption's commit: 20-40 ms seen during a drain.
-    PASSIVE: it never waits for the lanes, and what it could not copy is done next time."""
+    PASSIVE: it never waits for the lanes, and what it could not copy is done next time.
+
+    It goes by the WAL file's size, and SQLite reuses the file from its start after a complete
+    checkpoint without shrinking it (edge.ledger.WAL_KEEP_BYTES only cuts it back to 16 MB):
+    once the file has passed the mark, the keeper checkpoints every WAL_CHECK_S, copying what
+    was written in that second (nothing written: nothing copied, nothing synced). Kept so, and
+    not shrunk below the mark, because a commit that extends the file syncs slower than one
+    that overwrites it."""
 
     def __init__(self, ledger: Callable[[], Ledger]) -> None:
         self.ledger = ledger

@@ -1,6 +1,6 @@
-"""Uplink batches: at most MAX_BATCH_BYTES, consecutive, and byte for byte the canonical JSON
-of the whole document (the link joins each event's JSON, made once while sizing the batch, by
-orjson: event_json)."""
+"""Uplink batches: at most MAX_BATCH_BYTES, consecutive, and the canonical JSON of the whole
+document (the link joins each event's JSON, made once while sizing the batch, by orjson:
+event_json; byte for byte but for the spelling of floats below 1e-4)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ def test_event_json_is_canonical_for_what_the_box_writes_and_means_the_same_othe
     }
     doc = Event(1, "a" * 32, "passage", 1.8e9 + 0.125, body | {"s": '入口 "q"\\\n\t'}).to_json()
     assert event_json(doc) == canonical(doc)
-    # orjson spells 1e-07 as 1e-7: the same number once parsed (the hub parses, no one signs
-    # the uplink).
-    small = {"x": 1e-7, "y": 1.5e-7}
-    assert event_json(small) == b'{"x":1e-7,"y":1.5e-7}' and json.loads(event_json(small)) == small
+    # orjson spells 1e-07 as 1e-7 and 1e-05 as 0.00001: the same numbers once parsed (the hub
+    # parses, no one signs the uplink).
+    small = {"x": 1e-7, "y": 1.5e-7, "z": 1e-05, "w": 1.2345e-05}
+    assert event_json(small) == b'{"w":0.000012345,"x":1e-7,"y":1.5e-7,"z":0.00001}'
+    assert json.loads(event_json(small)) == small
     # What orjson refuses goes through canonical(): keys that are not strings, huge integers.
     for odd in ({"k": {1: "one", 2: "two"}}, {"n": 2**70}):
         assert event_json(odd) == canonical(odd)

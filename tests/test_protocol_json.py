@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,13 +28,15 @@ VALUES = st.recursive(
 
 
 @settings(max_examples=400, deadline=None)
-@given(VALUES, st.booleans())
-def test_parse_json_is_json_loads(value: Any, ascii_only: bool) -> None:
-    text = json.dumps(value, ensure_ascii=ascii_only)
+@given(VALUES, st.booleans(), st.sampled_from([None, (",", ":"), (" ,\n ", " :\t")]))
+def test_parse_json_is_json_loads(
+    value: Any, ascii_only: bool, separators: tuple[str, str] | None
+) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=separators)
     try:
         data = text.encode()
     except UnicodeEncodeError:  # a lone surrogate written raw: only \\u escapes can carry it
-        data = json.dumps(value).encode()
+        data = json.dumps(value, separators=separators).encode()
     # repr tells int from float and shows NaN, which == cannot compare.
     assert repr(parse_json(data)) == repr(json.loads(data))
     assert repr(parse_json(data.decode())) == repr(json.loads(data))
@@ -51,3 +54,39 @@ def test_the_cases_orjson_reads_differently() -> None:
     assert parse_json(b"[1e400, NaN]")[0] == float("inf")
     assert parse_json(b'["\\ud800"]') == ["\ud800"]
     assert parse_json(b"[18446744073709551615, 1.5]") == [2**64 - 1, 1.5]
+
+
+def outcome(parse: Any, data: bytes | str) -> str:
+    try:
+        return repr(parse(data))
+    except (ValueError, UnicodeError) as err:
+        return f"raises {type(err).__name__}"
+
+
+def test_text_input_is_read_as_json_reads_it() -> None:
+    for text in ("\ufeff{}", '"\ud800"', '{"a": "\ud800"}', " [1] ", "[1]\n\n"):
+        assert outcome(parse_json, text) == outcome(json.loads, text), repr(text)
+
+
+def test_digits_inside_strings_do_not_cost_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hex ids often hold 19 decimal digits in a row: only a run where a number can start
+    sends the text to json."""
+    real = json.loads
+    calls: list[object] = []
+
+    def counted(data: Any) -> Any:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(json, "loads", counted)  # what parse_json falls back to
+    assert parse_json(b'{"id":"a1234567890123456789012b","rid":"1234567890123456789ff"}')
+    assert parse_json(b'{"f":0.12345678901234567890}') == {"f": 0.12345678901234568}
+    assert calls == []
+    long_ones = (
+        b"12345678901234567890",
+        b'{"n": 12345678901234567890}',
+        b"[1,-1234567890123456789]",
+    )
+    for raw in long_ones:
+        assert repr(parse_json(raw)) == repr(real(raw))
+    assert calls == list(long_ones)
