@@ -385,7 +385,7 @@ def failed(box: Box, upgrade: Upgrade) -> tuple[Run, str]:
         box.wheelhouse / "edge_gateway-0.1.0-py3-none-any.whl",
         box.dir / "wheels-0.3",
         "0.3.0",
-        {"edge/ledger.py": BUMP_LEDGER},  # a release with one more ledger migration
+        {"edge/ledger_schema.py": BUMP_LEDGER},  # a release with one more ledger migration
     )
     return box.run(
         "--wheelhouse", box.dir / "wheels-0.3", "--health-timeout", "1", BAD_VERSION="0.3.0"
