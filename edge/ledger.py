@@ -46,6 +46,14 @@ WAL_CAP_PAGES = 16384
 WAL_KEEP_BYTES = 16 << 20
 
 
+def ledger_wal(conn: sqlite3.Connection) -> None:
+    """The WAL settings of every connection that writes ledger.db (the Ledger's, the cloud
+    link's): none checkpoints inline before WAL_CAP_PAGES (the daemon's WalKeeper does it, off
+    the lanes' thread), and whichever restarts the WAL cuts its file back to WAL_KEEP_BYTES."""
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
+
+
 # meta: "EPOCH SEQ": the cloud holds this ledger's events through SEQ. Rows up to it have left
 # the outbox (acked); the daemon deletes them later, on its database thread (edge/outbox_sweep.py).
 ACKED_KEY = "outbox_acked"
@@ -123,8 +131,7 @@ class Ledger:
         self.conn: sqlite3.Connection = open_db(
             path, LEDGER_SCHEMA, create=True, full_check=full_check
         )
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
-        self.conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
+        ledger_wal(self.conn)
         if self.meta("epoch") is None:
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),)

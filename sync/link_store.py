@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from edge.errors import StoreError
-from edge.ledger import ACKED_KEY, WAL_CAP_PAGES, WAL_KEEP_BYTES, acked_through, outbox_depth
+from edge.ledger import ACKED_KEY, acked_through, ledger_wal, outbox_depth
 from edge.ledger_schema import LEDGER_SCHEMA
 from edge.store import open_db, transaction
 from sync.protocol import Batch, Down, Event, batches, parse_json
@@ -102,10 +102,7 @@ class LedgerLinkStore:
             # SQLite's default (1000 pages) would make this connection checkpoint the WAL
             # inline after its commits, writing and syncing the database file beside the
             # lanes' commits; the daemon's maintenance checkpoints it, as the Ledger's owner.
-            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CAP_PAGES}")
-            # Its ack mark may be the write that restarts the WAL: the same limit as the
-            # Ledger's, so the file goes back to that size whichever connection restarts it.
-            self._conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
+            ledger_wal(self._conn)
         return self._conn
 
     @property
